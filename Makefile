@@ -1,0 +1,35 @@
+# The two commands of the quick start, `make run` and `make test`, set everything up themselves:
+# the virtual environment, the Python packages and the npm packages the interop tests use.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: run test bench venv clean help
+
+help:
+	@echo "make run    set up and run the gateway on its embedded demo (127.0.0.1)"
+	@echo "make test   set up and run every test"
+	@echo "make bench  measure the gateway against the upstream directly; writes BENCHMARKS.md"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed: set PYTHON=python3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $@
+
+venv: $(STAMP)
+
+run: venv
+	$(VENV)/bin/mcp-auth-gateway demo
+
+test: venv
+	$(PY) -m pytest
+
+bench: venv
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

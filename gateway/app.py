@@ -1,0 +1,106 @@
+"""Wiring: builds the aiohttp application from the configuration, and runs it.
+
+The one place where the parts meet: routes, the MCP endpoint's stages, start-up and shut-down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from gateway.config import Config
+from gateway.edge.health import Readiness, healthz, readyz_handler
+from gateway.edge.responses import error_response
+from gateway.endpoint import McpEndpoint
+from gateway.errors import GatewayError, NotFound
+from gateway.upstream.proxy import UpstreamProxy
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def refuse_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turns every refusal into its answer, and every surprise into a 500: fail closed, log why."""
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except GatewayError as error:
+        log.info(
+            "refused %s %s: %s", request.method, request.path, error.reason,
+            extra={"fields": {"status": error.status, "reason": error.reason, "detail": error.detail}},
+        )
+        return error_response(error)
+    except web.HTTPException as exc:
+        if exc.status == 404:
+            return error_response(NotFound("no_route", request.path))
+        raise
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unexpected error on %s %s; refused", request.method, request.path)
+        return error_response(GatewayError("internal_error"))
+    log.debug("%s %s -> %s in %.1f ms", request.method, request.path, response.status,
+              (time.perf_counter() - started) * 1000)
+    return response
+
+
+class Gateway:
+    """The parts that live as long as the process, built once from the configuration."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.readiness = Readiness()
+        self.proxy = UpstreamProxy(config.upstream, public_url=config.server.public_url)
+        self.endpoint = McpEndpoint(config, self.proxy)
+        self._started = False
+        self.readiness.add("started", lambda: self._started)
+
+    def create_app(self) -> web.Application:
+        app = web.Application(
+            middlewares=[refuse_errors],
+            client_max_size=self.config.server.max_body_bytes + 1,
+            handler_args={"max_field_size": 16 * 1024},
+        )
+        app.router.add_get("/healthz", healthz, allow_head=True)
+        app.router.add_get("/readyz", readyz_handler(self.readiness), allow_head=True)
+        app.router.add_route("*", self.config.server.mcp_path, self.endpoint.handle)
+        app.on_startup.append(self._on_startup)
+        app.on_cleanup.append(self._on_cleanup)
+        return app
+
+    async def _on_startup(self, app: web.Application) -> None:
+        await self.proxy.start()
+        self._started = True
+
+    async def _on_cleanup(self, app: web.Application) -> None:
+        await self.proxy.close()
+
+
+async def serve(config: Config, *, ready: Callable[[str], None] | None = None) -> None:
+    """Run the gateway until SIGTERM or SIGINT, then drain within ``server.shutdown_grace`` (E3)."""
+    gateway = Gateway(config)
+    runner = web.AppRunner(gateway.create_app(), access_log=None, shutdown_timeout=config.server.shutdown_grace)
+    await runner.setup()
+    site = web.TCPSite(runner, config.server.host, config.server.port)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    address = f"http://{config.server.host}:{config.server.port}"
+    log.info("listening on %s, MCP endpoint %s, upstream %s", address, config.server.mcp_path, config.upstream.url)
+    if ready:
+        ready(address)
+    try:
+        await stop.wait()
+    finally:
+        gateway.readiness.shutting_down = True
+        log.info("shutting down; draining for up to %gs", config.server.shutdown_grace)
+        await runner.cleanup()

@@ -1,0 +1,109 @@
+"""The ``mcp-auth-gateway`` command: serve, validate, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from gateway import __version__
+from gateway.config import ENV_VAR, ConfigError, load_config
+
+DESCRIPTION = """\
+An OAuth 2.1 resource server and Cedar authorization gateway for MCP servers.
+
+It sits in front of one MCP server (usually as a sidecar in the same pod), checks every
+request's access token, decides every MCP call with Cedar policies, and forwards what is
+allowed, without ever passing the client's token on.
+"""
+
+EPILOG = f"""\
+examples:
+  mcp-auth-gateway demo                          try it: demo MCP server, issuer and gateway
+  mcp-auth-gateway validate --config gateway.yaml   check a configuration, offline
+  mcp-auth-gateway serve --config gateway.yaml      run the gateway
+
+The configuration file may also be given in ${ENV_VAR}.
+"""
+
+
+def _add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", "-c", metavar="FILE",
+        help=f"the gateway's YAML configuration (default: ${ENV_VAR})",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mcp-auth-gateway", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the gateway", description="Run the gateway until SIGTERM.")
+    _add_config_argument(serve)
+
+    validate = commands.add_parser(
+        "validate", help="check a configuration file without starting anything",
+        description="Check the configuration (and the policies it names) offline. Lists every problem; "
+        "exits 1 when there is any.",
+    )
+    _add_config_argument(validate)
+
+    demo = commands.add_parser(
+        "demo", help="run a self-contained demo on 127.0.0.1",
+        description="Start a demo MCP server, a development issuer (for demonstration only) and the "
+        "gateway in front of them, all on 127.0.0.1, and print a walkthrough.",
+    )
+    demo.add_argument("--port", type=int, default=8080, help="the gateway's port (default 8080)")
+    return parser
+
+
+def _validate(path: str | None) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(error.problems)} problem(s) found", file=sys.stderr)
+        return 1
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"{config.source}: ok")
+    return 0
+
+
+def _serve(path: str | None) -> int:
+    from gateway.app import serve
+    from gateway.observe.logs import configure_logging
+
+    try:
+        config = load_config(path)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    configure_logging(config.logging.level, config.logging.format)
+    for warning in config.warnings:
+        import logging
+
+        logging.getLogger("gateway").warning("%s", warning)
+    asyncio.run(serve(config))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "validate":
+        return _validate(args.config)
+    if args.command == "serve":
+        return _serve(args.config)
+    if args.command == "demo":
+        from gateway.demo.run import run_demo
+
+        return run_demo(port=args.port)
+    parser.print_help()
+    return 2

@@ -1,0 +1,782 @@
+"""The gateway's configuration: one typed, frozen object built once at start.
+
+The key names are a contract (shared/design/config.md). Loading checks everything and collects *every*
+problem before failing, each named by file and key path (``gateway.yaml: auth.issuers[0].issuer:
+required``), so ``mcp-auth-gateway validate`` can list them all at once. Unknown keys are errors: a typo
+must never silently switch a protection off.
+
+String values may contain ``${NAME}`` (an environment variable; unset is an error). Every secret has a
+``*_file`` twin for Kubernetes Secret mounts. Durations are strings such as ``500ms``, ``30s``, ``5m``,
+``1h`` or ``1h30m``. Relative file paths are taken relative to the configuration file's folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+
+__all__ = [
+    "AuditConfig",
+    "AuthConfig",
+    "AuthorizationConfig",
+    "Config",
+    "ConfigError",
+    "IdentityAssertionConfig",
+    "IntrospectionConfig",
+    "IssuerConfig",
+    "JwksConfig",
+    "LoggingConfig",
+    "ResourceConfig",
+    "Secret",
+    "ServerConfig",
+    "UpstreamAuthConfig",
+    "UpstreamConfig",
+    "load_config",
+    "parse_config",
+    "parse_duration",
+]
+
+ENV_VAR = "MCP_AUTH_GATEWAY_CONFIG"
+
+# T2: asymmetric algorithms only. `none` and HS* can never be used with keys from a JWKS.
+ASYMMETRIC_ALGORITHMS = (
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+)
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used. ``problems`` lists every one, each naming file and key."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class Secret:
+    """A secret string whose ``repr`` and ``str`` never show the value (Starlette's ``Secret``)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The typed configuration
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    public_url: str
+    host: str = "0.0.0.0"
+    port: int = 8080
+    allowed_origins: tuple[str, ...] = ()
+    max_body_bytes: int = 4 * 1024 * 1024
+    shutdown_grace: float = 20.0
+
+    @property
+    def mcp_path(self) -> str:
+        """The MCP endpoint's path: the path of ``public_url`` (``/`` when it has none)."""
+        return urlsplit(self.public_url).path or "/"
+
+
+UpstreamAuthType = Literal["none", "static", "client_credentials", "token_exchange"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpstreamAuthConfig:
+    type: UpstreamAuthType = "none"
+    header: str = "Authorization"
+    value: Secret | None = None
+    value_file: Path | None = None
+    token_endpoint: str | None = None
+    client_id: str | None = None
+    client_secret: Secret | None = None
+    scope: str | None = None
+    audience: str | None = None
+    resource: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IdentityAssertionConfig:
+    key_file: Path
+    header: str = "X-MCP-Identity"
+    ttl: float = 60.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpstreamConfig:
+    url: str
+    connect_timeout: float = 5.0
+    response_timeout: float = 300.0
+    auth: UpstreamAuthConfig = field(default_factory=UpstreamAuthConfig)
+    identity_headers: Mapping[str, str] = field(default_factory=dict)
+    identity_assertion: IdentityAssertionConfig | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResourceConfig:
+    name: str | None = None
+    documentation: str | None = None
+    scopes_supported: tuple[str, ...] = ()
+    authorization_servers: tuple[str, ...] = ()
+
+
+TokenTypePolicy = Literal["at+jwt", "any"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IssuerConfig:
+    issuer: str
+    jwks_uri: str | None = None
+    audiences: tuple[str, ...] = ()
+    algorithms: tuple[str, ...] = ASYMMETRIC_ALGORITHMS
+    token_type: TokenTypePolicy = "at+jwt"
+    leeway: float = 60.0
+
+
+IntrospectionAuthMethod = Literal["client_secret_basic", "client_secret_post"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IntrospectionConfig:
+    client_id: str
+    client_secret: Secret
+    endpoint: str | None = None
+    auth_method: IntrospectionAuthMethod = "client_secret_basic"
+    cache_ttl: float = 60.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JwksConfig:
+    cache_min: float = 60.0
+    cache_max: float = 3600.0
+    refresh_cooldown: float = 30.0
+    fetch_timeout: float = 5.0
+    max_bytes: int = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthConfig:
+    issuers: tuple[IssuerConfig, ...]
+    introspection: IntrospectionConfig | None = None
+    jwks: JwksConfig = field(default_factory=JwksConfig)
+    required_scopes: tuple[str, ...] = ()
+    method_scopes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    tool_scopes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthorizationConfig:
+    policies: Path
+    schema: Path | None = None
+    entities: Path | None = None
+    group_claims: tuple[str, ...] = ("groups", "roles")
+    reload: bool = True
+
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["json", "text"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoggingConfig:
+    level: LogLevel = "info"
+    format: LogFormat = "json"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditConfig:
+    enabled: bool = True
+    file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    server: ServerConfig
+    upstream: UpstreamConfig
+    auth: AuthConfig
+    authorization: AuthorizationConfig
+    resource: ResourceConfig = field(default_factory=ResourceConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    source: str = "<config>"
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def authorization_servers(self) -> tuple[str, ...]:
+        """What PRM advertises: ``resource.authorization_servers``, else every configured issuer."""
+        return self.resource.authorization_servers or tuple(i.issuer for i in self.auth.issuers)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scalars
+# ---------------------------------------------------------------------------------------------------
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def parse_duration(text: str) -> float:
+    """``"1h30m"`` → ``5400.0`` seconds. Raises ``ValueError`` for anything else."""
+    text = text.strip()
+    if not text:
+        raise ValueError("empty duration")
+    position, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != position:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        position = match.end()
+    if position != len(text):
+        raise ValueError(f"{text!r} is not a duration such as 500ms, 30s, 5m or 1h")
+    return total
+
+
+def _is_loopback(host: str | None) -> bool:
+    return host in ("127.0.0.1", "::1", "localhost") or bool(host and host.startswith("127."))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The reader: walks the YAML tree, converts values, remembers every problem with its key path
+# ---------------------------------------------------------------------------------------------------
+
+
+class _Problems:
+    def __init__(self, source: str):
+        self.source = source
+        self.errors: list[str] = []
+        self.warnings: list[str] = []
+
+    def error(self, path: str, message: str) -> None:
+        self.errors.append(f"{self.source}: {path}: {message}")
+
+    def warn(self, path: str, message: str) -> None:
+        self.warnings.append(f"{self.source}: {path}: {message}")
+
+
+_MISSING = object()
+
+
+class _Section:
+    """One mapping of the YAML file. Every ``take_*`` marks its key as known; ``close`` reports the rest."""
+
+    def __init__(self, data: Any, path: str, problems: _Problems, base_dir: Path):
+        self.path = path
+        self.problems = problems
+        self.base_dir = base_dir
+        self.used: set[str] = set()
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            problems.error(path or "(top level)", "must be a mapping of keys to values")
+            data = {}
+        self.data: dict[Any, Any] = data
+
+    def key_path(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def _raw(self, key: str) -> Any:
+        self.used.add(key)
+        return self.data.get(key, _MISSING)
+
+    def has(self, key: str) -> bool:
+        return self.data.get(key) is not None
+
+    def close(self) -> None:
+        for key in self.data:
+            if key not in self.used:
+                hint = _close_match(str(key), self.used)
+                suffix = f" (did you mean {hint!r}?)" if hint else ""
+                self.problems.error(self.key_path(str(key)), f"unknown key{suffix}")
+
+    # -- strings and friends -------------------------------------------------------------------
+
+    def _interpolate(self, value: str, path: str) -> str | None:
+        missing = [name for name in _ENV_REF.findall(value) if name not in os.environ]
+        if missing:
+            for name in missing:
+                self.problems.error(path, f"environment variable {name} is not set")
+            return None
+        return _ENV_REF.sub(lambda m: os.environ[m.group(1)], value)
+
+    def _string(self, value: Any, path: str) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            self.problems.error(path, "must be a string")
+            return None
+        return self._interpolate(str(value), path)
+
+    def take_str(self, key: str, default: Any = None, *, required: bool = False) -> Any:
+        raw = self._raw(key)
+        if raw is _MISSING or raw is None:
+            if required:
+                self.problems.error(self.key_path(key), "required")
+            return default
+        value = self._string(raw, self.key_path(key))
+        if value is not None and required and not value.strip():
+            self.problems.error(self.key_path(key), "must not be empty")
+            return default
+        return default if value is None else value
+
+    def take_choice(self, key: str, choices: tuple[str, ...], default: str) -> Any:
+        value = self.take_str(key, default)
+        if value not in choices:
+            self.problems.error(self.key_path(key), f"must be one of {', '.join(choices)}, not {value!r}")
+            return default
+        return value
+
+    def take_url(self, key: str, default: Any = None, *, required: bool = False) -> Any:
+        value = self.take_str(key, None, required=required)
+        if value is None:
+            return default
+        problem = _url_problem(value)
+        if problem:
+            self.problems.error(self.key_path(key), problem)
+            return default
+        return value
+
+    def take_path(self, key: str, *, required: bool = False) -> Path | None:
+        value = self.take_str(key, None, required=required)
+        if value is None:
+            return None
+        path = Path(value)
+        return path if path.is_absolute() else self.base_dir / path
+
+    def take_secret(self, key: str, *, required: bool = False, read_file: bool = True) -> Secret | None:
+        """``key`` or its ``key_file`` twin, never both. The file is read now (trailing newline dropped)."""
+        file_key = f"{key}_file"
+        inline = self.take_str(key)
+        file_path = self.take_path(file_key)
+        if inline is not None and file_path is not None:
+            self.problems.error(self.key_path(key), f"give {key} or {file_key}, not both")
+            return None
+        if file_path is not None:
+            if not read_file:
+                return None
+            try:
+                return Secret(file_path.read_text(encoding="utf-8").rstrip("\r\n"))
+            except OSError as exc:
+                self.problems.error(self.key_path(file_key), f"cannot read {file_path}: {exc.strerror}")
+                return None
+        if inline is not None:
+            return Secret(inline)
+        if required:
+            self.problems.error(self.key_path(key), f"required (or {file_key})")
+        return None
+
+    # -- numbers, booleans, durations ----------------------------------------------------------
+
+    def take_int(self, key: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
+        raw = self._raw(key)
+        if raw is _MISSING or raw is None:
+            return default
+        if isinstance(raw, str):
+            raw = self._interpolate(raw, self.key_path(key))
+            if raw is None:
+                return default
+            try:
+                raw = int(raw.strip())
+            except ValueError:
+                pass
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            self.problems.error(self.key_path(key), "must be a whole number")
+            return default
+        if raw < minimum or (maximum is not None and raw > maximum):
+            upper = f" and at most {maximum}" if maximum is not None else ""
+            self.problems.error(self.key_path(key), f"must be at least {minimum}{upper}")
+            return default
+        return raw
+
+    def take_bool(self, key: str, default: bool) -> bool:
+        raw = self._raw(key)
+        if raw is _MISSING or raw is None:
+            return default
+        if isinstance(raw, str):
+            text = self._interpolate(raw, self.key_path(key))
+            if text is not None and text.strip().lower() in ("true", "false"):
+                return text.strip().lower() == "true"
+        if not isinstance(raw, bool):
+            self.problems.error(self.key_path(key), "must be true or false")
+            return default
+        return raw
+
+    def take_duration(self, key: str, default: float) -> float:
+        raw = self._raw(key)
+        if raw is _MISSING or raw is None:
+            return default
+        if not isinstance(raw, str):
+            self.problems.error(self.key_path(key), "must be a duration string such as 30s, 5m or 1h")
+            return default
+        text = self._interpolate(raw, self.key_path(key))
+        if text is None:
+            return default
+        try:
+            return parse_duration(text)
+        except ValueError as exc:
+            self.problems.error(self.key_path(key), str(exc))
+            return default
+
+    # -- collections ---------------------------------------------------------------------------
+
+    def take_str_list(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        raw = self._raw(key)
+        if raw is _MISSING or raw is None:
+            return default
+        return self._str_list(raw, self.key_path(key))
+
+    def _str_list(self, raw: Any, path: str) -> tuple[str, ...]:
+        if isinstance(raw, str):
+            raw = raw.split()  # "a b c" is accepted for scope lists
+        if not isinstance(raw, list):
+            self.problems.error(path, "must be a list of strings")
+            return ()
+        values = []
+        for index, item in enumerate(raw):
+            value = self._string(item, f"{path}[{index}]")
+            if value is not None:
+                values.append(value)
+        return tuple(values)
+
+    def take_scope_map(self, key: str) -> dict[str, tuple[str, ...]]:
+        raw = self._raw(key)
+        if raw is _MISSING or raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            self.problems.error(self.key_path(key), "must map names to lists of scopes")
+            return {}
+        return {str(name): self._str_list(scopes, f"{self.key_path(key)}.{name}") for name, scopes in raw.items()}
+
+    def take_str_map(self, key: str) -> dict[str, str]:
+        raw = self._raw(key)
+        if raw is _MISSING or raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            self.problems.error(self.key_path(key), "must map names to strings")
+            return {}
+        result = {}
+        for name, value in raw.items():
+            text = self._string(value, f"{self.key_path(key)}.{name}")
+            if text is not None:
+                result[str(name)] = text
+        return result
+
+    def section(self, key: str) -> _Section:
+        return _Section(self._raw(key) if self.has(key) else None, self.key_path(key), self.problems, self.base_dir)
+
+    def sections(self, key: str) -> list[_Section]:
+        raw = self._raw(key)
+        if raw is _MISSING or raw is None:
+            return []
+        if not isinstance(raw, list):
+            self.problems.error(self.key_path(key), "must be a list")
+            return []
+        return [_Section(item, f"{self.key_path(key)}[{i}]", self.problems, self.base_dir) for i, item in enumerate(raw)]
+
+
+def _url_problem(value: str) -> str | None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"must be an absolute http(s) URL, not {value!r}"
+    if parts.fragment:
+        return "must not have a #fragment"
+    return None
+
+
+def _close_match(key: str, known: set[str]) -> str | None:
+    import difflib
+
+    matches = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.7)
+    return matches[0] if matches else None
+
+
+def _closed(section: _Section, build: Callable[[_Section], T]) -> T:
+    value = build(section)
+    section.close()
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------------------
+
+
+def _server(s: _Section) -> ServerConfig:
+    public_url = s.take_url("public_url", "http://invalid.invalid/mcp", required=True)
+    if urlsplit(public_url).query:
+        s.problems.error(s.key_path("public_url"), "must not have a ?query")
+    origins = s.take_str_list("allowed_origins")
+    for index, origin in enumerate(origins):
+        parts = urlsplit(origin)
+        if origin != "*" and (parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/")):
+            s.problems.error(f"{s.key_path('allowed_origins')}[{index}]", f"must be an origin like https://app.example.com, not {origin!r}")
+    return ServerConfig(
+        public_url=public_url,
+        host=s.take_str("host", "0.0.0.0"),
+        port=s.take_int("port", 8080, minimum=0, maximum=65535),
+        allowed_origins=tuple(o.rstrip("/") for o in origins),
+        max_body_bytes=s.take_int("max_body_bytes", 4 * 1024 * 1024, minimum=1),
+        shutdown_grace=s.take_duration("shutdown_grace", 20.0),
+    )
+
+
+_UPSTREAM_AUTH_KEYS = {
+    "none": set(),
+    "static": {"header", "value"},
+    "client_credentials": {"token_endpoint", "client_id", "client_secret", "scope", "audience", "resource"},
+    "token_exchange": {"token_endpoint", "client_id", "client_secret", "scope", "audience", "resource"},
+}
+
+
+def _upstream_auth(s: _Section) -> UpstreamAuthConfig:
+    kind = s.take_choice("type", tuple(_UPSTREAM_AUTH_KEYS), "none")
+    allowed = _UPSTREAM_AUTH_KEYS[kind]
+    for key in ("header", "value", "token_endpoint", "client_id", "client_secret", "scope", "audience", "resource"):
+        for present in (key, f"{key}_file"):
+            if s.has(present) and key not in allowed:
+                s.problems.error(s.key_path(present), f"not used with type {kind}")
+                s.used.add(present)
+    if kind == "static":
+        # value_file is re-read when it changes (rotated Kubernetes secrets), so keep its path.
+        value = s.take_secret("value", read_file=False)
+        value_file = s.take_path("value_file")
+        if value is None and value_file is None:
+            s.problems.error(s.key_path("value"), "required (or value_file) for type static")
+        elif value_file is not None and not value_file.is_file():
+            s.problems.error(s.key_path("value_file"), f"cannot read {value_file}")
+        return UpstreamAuthConfig(type=kind, header=s.take_str("header", "Authorization"), value=value, value_file=value_file)
+    if kind in ("client_credentials", "token_exchange"):
+        return UpstreamAuthConfig(
+            type=kind,
+            token_endpoint=s.take_url("token_endpoint", required=True),
+            client_id=s.take_str("client_id", required=True),
+            client_secret=s.take_secret("client_secret", required=True),
+            scope=s.take_str("scope"),
+            audience=s.take_str("audience"),
+            resource=s.take_str("resource"),
+        )
+    return UpstreamAuthConfig(type="none")
+
+
+def _identity_assertion(s: _Section) -> IdentityAssertionConfig:
+    key_file = s.take_path("key_file", required=True)
+    if key_file is not None and not key_file.is_file():
+        s.problems.error(s.key_path("key_file"), f"cannot read {key_file}")
+    return IdentityAssertionConfig(
+        key_file=key_file or Path("/nonexistent"),
+        header=s.take_str("header", "X-MCP-Identity"),
+        ttl=s.take_duration("ttl", 60.0),
+    )
+
+
+def _upstream(s: _Section) -> UpstreamConfig:
+    identity_headers = s.take_str_map("identity_headers")
+    return UpstreamConfig(
+        url=s.take_url("url", "http://invalid.invalid/mcp", required=True),
+        connect_timeout=s.take_duration("connect_timeout", 5.0),
+        response_timeout=s.take_duration("response_timeout", 300.0),
+        auth=_closed(s.section("auth"), _upstream_auth),
+        identity_headers=identity_headers,
+        identity_assertion=_closed(s.section("identity_assertion"), _identity_assertion) if s.has("identity_assertion") else None,
+    )
+
+
+def _resource(s: _Section) -> ResourceConfig:
+    scopes = s.take_str_list("scopes_supported")
+    if "offline_access" in scopes:
+        # D3: offline_access is an authorization server scope, not a resource's.
+        s.problems.error(s.key_path("scopes_supported"), "must not contain offline_access")
+    servers = s.take_str_list("authorization_servers")
+    for index, server in enumerate(servers):
+        problem = _url_problem(server)
+        if problem:
+            s.problems.error(f"{s.key_path('authorization_servers')}[{index}]", problem)
+    return ResourceConfig(
+        name=s.take_str("name"),
+        documentation=s.take_url("documentation"),
+        scopes_supported=scopes,
+        authorization_servers=servers,
+    )
+
+
+def _issuer(s: _Section) -> IssuerConfig:
+    issuer = s.take_url("issuer", "http://invalid.invalid", required=True)
+    if s.has("issuer") and urlsplit(issuer).scheme == "http" and not _is_loopback(urlsplit(issuer).hostname):
+        s.problems.warn(s.key_path("issuer"), "plain http: keys and metadata can be tampered with in transit")
+    algorithms = s.take_str_list("algorithms", ASYMMETRIC_ALGORITHMS)
+    for index, alg in enumerate(algorithms):
+        if alg not in ASYMMETRIC_ALGORITHMS:
+            s.problems.error(
+                f"{s.key_path('algorithms')}[{index}]",
+                f"{alg!r} is not allowed; use asymmetric algorithms only: {', '.join(ASYMMETRIC_ALGORITHMS)}",
+            )
+    if not algorithms:
+        s.problems.error(s.key_path("algorithms"), "must not be empty")
+    audiences = s.take_str_list("audiences")
+    return IssuerConfig(
+        issuer=issuer,
+        jwks_uri=s.take_url("jwks_uri"),
+        audiences=audiences,
+        algorithms=tuple(a for a in algorithms if a in ASYMMETRIC_ALGORITHMS) or ASYMMETRIC_ALGORITHMS,
+        token_type=s.take_choice("token_type", ("at+jwt", "any"), "at+jwt"),
+        leeway=s.take_duration("leeway", 60.0),
+    )
+
+
+def _introspection(s: _Section) -> IntrospectionConfig:
+    return IntrospectionConfig(
+        endpoint=s.take_url("endpoint"),
+        client_id=s.take_str("client_id", "", required=True),
+        client_secret=s.take_secret("client_secret", required=True) or Secret(""),
+        auth_method=s.take_choice("auth_method", ("client_secret_basic", "client_secret_post"), "client_secret_basic"),
+        cache_ttl=s.take_duration("cache_ttl", 60.0),
+    )
+
+
+def _jwks(s: _Section) -> JwksConfig:
+    config = JwksConfig(
+        cache_min=s.take_duration("cache_min", 60.0),
+        cache_max=s.take_duration("cache_max", 3600.0),
+        refresh_cooldown=s.take_duration("refresh_cooldown", 30.0),
+        fetch_timeout=s.take_duration("fetch_timeout", 5.0),
+        max_bytes=s.take_int("max_bytes", 256 * 1024, minimum=1024),
+    )
+    if config.cache_min > config.cache_max:
+        s.problems.error(s.key_path("cache_min"), "must not be larger than cache_max")
+    return config
+
+
+def _auth(s: _Section) -> AuthConfig:
+    issuers = tuple(_closed(item, _issuer) for item in s.sections("issuers"))
+    if not issuers:
+        s.problems.error(s.key_path("issuers"), "required: at least one issuer")
+    seen: set[str] = set()
+    for index, issuer in enumerate(issuers):
+        if issuer.issuer in seen:
+            s.problems.error(f"{s.key_path('issuers')}[{index}].issuer", "configured twice")
+        seen.add(issuer.issuer)
+    return AuthConfig(
+        issuers=issuers,
+        introspection=_closed(s.section("introspection"), _introspection) if s.has("introspection") else None,
+        jwks=_closed(s.section("jwks"), _jwks),
+        required_scopes=s.take_str_list("required_scopes"),
+        method_scopes=s.take_scope_map("method_scopes"),
+        tool_scopes=s.take_scope_map("tool_scopes"),
+    )
+
+
+def _authorization(s: _Section) -> AuthorizationConfig:
+    policies = s.take_path("policies", required=True)
+    if policies is not None and not policies.exists():
+        s.problems.error(s.key_path("policies"), f"{policies} does not exist")
+    schema = s.take_path("schema")
+    entities = s.take_path("entities")
+    for key, path in (("schema", schema), ("entities", entities)):
+        if path is not None and not path.is_file():
+            s.problems.error(s.key_path(key), f"{path} does not exist")
+    return AuthorizationConfig(
+        policies=policies or Path("/nonexistent"),
+        schema=schema,
+        entities=entities,
+        group_claims=s.take_str_list("group_claims", ("groups", "roles")),
+        reload=s.take_bool("reload", True),
+    )
+
+
+def _logging(s: _Section) -> LoggingConfig:
+    return LoggingConfig(
+        level=s.take_choice("level", ("debug", "info", "warning", "error"), "info"),
+        format=s.take_choice("format", ("json", "text"), "json"),
+    )
+
+
+def _audit(s: _Section) -> AuditConfig:
+    return AuditConfig(enabled=s.take_bool("enabled", True), file=s.take_path("file"))
+
+
+def parse_config(data: Any, *, source: str = "<config>", base_dir: Path | None = None) -> Config:
+    """Build the configuration from parsed YAML. Raises ``ConfigError`` listing every problem."""
+    problems = _Problems(source)
+    top = _Section(data, "", problems, base_dir or Path.cwd())
+    for required in ("server", "upstream", "auth", "authorization"):
+        if not top.has(required):
+            problems.error(required, "required section is missing")
+    config = Config(
+        server=_closed(top.section("server"), _server),
+        upstream=_closed(top.section("upstream"), _upstream),
+        resource=_closed(top.section("resource"), _resource),
+        auth=_closed(top.section("auth"), _auth),
+        authorization=_closed(top.section("authorization"), _authorization),
+        logging=_closed(top.section("logging"), _logging),
+        audit=_closed(top.section("audit"), _audit),
+        source=source,
+        warnings=tuple(problems.warnings),
+    )
+    top.close()
+    if problems.errors:
+        raise ConfigError(problems.errors)
+    return config
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key written twice in one mapping (the second would win silently)."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read and check the YAML file at ``path`` (default: ``$MCP_AUTH_GATEWAY_CONFIG``)."""
+    if path is None:
+        path = os.environ.get(ENV_VAR)
+        if not path:
+            raise ConfigError([f"no configuration file: pass --config FILE or set {ENV_VAR}"])
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{file}: cannot read: {exc.strerror}"]) from exc
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{file}:{where}: not valid YAML: {reason}"]) from exc
+    return parse_config(data, source=str(file), base_dir=file.resolve().parent)

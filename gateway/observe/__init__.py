@@ -1,0 +1,1 @@
+"""Logs, audit events and metrics (E2, E4)."""

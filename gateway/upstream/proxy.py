@@ -1,0 +1,234 @@
+"""Forwarding one MCP request to the upstream and streaming its answer back (U1, U4).
+
+Owns the header hygiene in both directions, the one pooled ``ClientSession``, the timeouts, and the
+pass-through of Server-Sent Events chunk by chunk as they arrive. It makes no decisions about the
+caller: by the time ``forward`` runs, identity and policy are settled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.config import UpstreamConfig
+from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.mcp.sse import EventSplitter
+
+log = logging.getLogger(__name__)
+
+# RFC 9110 §7.6.1: hop-by-hop fields are meaningful for one connection only.
+HOP_BY_HOP_HEADERS = frozenset({
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+    "proxy-authenticate", "proxy-authorization",
+})
+
+# U1: credentials of the client and anything the gateway sets itself never pass from the client.
+# MCP 2025-11-25 security best practices: servers MUST NOT pass through the token they received.
+CLIENT_ONLY_REQUEST_HEADERS = frozenset({
+    "authorization", "cookie", "proxy-authorization",
+    "host", "content-length", "accept-encoding",
+    "forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port",
+    "x-real-ip",
+})
+
+# Not passed back to the client: framing is redone by aiohttp; cookies would only come back to be stripped;
+# an upstream challenge concerns the gateway's own credentials (U4), never the client.
+UPSTREAM_ONLY_RESPONSE_HEADERS = frozenset({
+    "content-length", "content-encoding", "set-cookie", "www-authenticate", "server", "date",
+})
+
+def connection_named_headers(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
+    """Header names listed in ``Connection`` are hop-by-hop too (RFC 9110 §7.6.1)."""
+    return {
+        token.strip().lower()
+        for value in headers.getall("Connection", [])
+        for token in value.split(",")
+        if token.strip()
+    }
+
+
+def upstream_request_headers(
+    client_headers: CIMultiDictProxy[str],
+    *,
+    remote: str | None,
+    public_url: str,
+    upstream_host: str,
+    strip: Iterable[str] = (),
+    add: Mapping[str, str] | None = None,
+) -> CIMultiDict[str]:
+    """The headers the upstream sees: the client's minus everything U1 forbids, plus the gateway's own.
+
+    ``strip`` names extra headers the gateway sets itself (identity headers), so a client that sends one
+    cannot spoof it. ``add`` is what the gateway sets (upstream credential, identity), applied last.
+    """
+    dropped = HOP_BY_HOP_HEADERS | CLIENT_ONLY_REQUEST_HEADERS | connection_named_headers(client_headers)
+    dropped |= {name.lower() for name in strip}
+    headers: CIMultiDict[str] = CIMultiDict(
+        (name, value) for name, value in client_headers.items() if name.lower() not in dropped
+    )
+    public = urlsplit(public_url)
+    headers["Host"] = upstream_host
+    # Set from what the gateway knows, never from what the client claims (D4's rule applies here too).
+    headers["X-Forwarded-For"] = remote or "unknown"
+    headers["X-Forwarded-Proto"] = public.scheme
+    headers["X-Forwarded-Host"] = public.netloc
+    # Plain bytes on the loopback hop: no compression work on either side, and SSE stays unbuffered.
+    headers["Accept-Encoding"] = "identity"
+    if add:
+        for name, value in add.items():
+            headers[name] = value
+    return headers
+
+
+def client_response_headers(upstream_headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    dropped = HOP_BY_HOP_HEADERS | UPSTREAM_ONLY_RESPONSE_HEADERS | connection_named_headers(upstream_headers)
+    return CIMultiDict((k, v) for k, v in upstream_headers.items() if k.lower() not in dropped)
+
+
+def is_event_stream(content_type: str | None) -> bool:
+    return bool(content_type) and content_type.split(";", 1)[0].strip().lower() == "text/event-stream"
+
+
+class UpstreamProxy:
+    """The one door to the upstream MCP server, over one pooled client session."""
+
+    def __init__(self, config: UpstreamConfig, *, public_url: str):
+        self.config = config
+        self.public_url = public_url
+        self.url = config.url
+        self.host = urlsplit(config.url).netloc
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=1024, enable_cleanup_closed=True)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            # Bodies stream for as long as the upstream keeps them open (long tool calls, SSE), so only
+            # connecting is bounded here; the wait for response headers is bounded in `forward`.
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.config.connect_timeout),
+            auto_decompress=True,
+            skip_auto_headers=("User-Agent",),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("UpstreamProxy.start() was not awaited")
+        return self._session
+
+    async def forward(
+        self,
+        request: web.Request,
+        *,
+        body: bytes | None,
+        headers: CIMultiDict[str],
+        transform_json: Callable[[bytes], bytes] | None = None,
+        transform_event: Callable[[bytes], bytes | None] | None = None,
+    ) -> web.StreamResponse:
+        """Send the request upstream and relay the answer.
+
+        ``transform_json`` rewrites a whole ``application/json`` body and ``transform_event`` each SSE
+        event (Z4 list filtering); without them bytes pass untouched, event streams chunk by chunk.
+        """
+        try:
+            async with asyncio.timeout(self.config.response_timeout):
+                upstream = await self.session.request(
+                    request.method, self.url, headers=headers, data=body, allow_redirects=False,
+                )
+        except TimeoutError as exc:
+            raise UpstreamTimeout(
+                "upstream_timeout", f"no response headers within {self.config.response_timeout:g}s"
+            ) from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamError("upstream_unreachable", f"cannot connect to {self.host}: {exc.os_error}") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError("upstream_failed", f"{type(exc).__name__}: {exc}") from exc
+
+        try:
+            if upstream.status in (401, 403):
+                # U4: a challenge from the upstream is about the gateway's own credential; passing it on
+                # would send the client to re-authenticate for a problem that is not theirs.
+                raise UpstreamError(
+                    "upstream_refused_gateway",
+                    f"upstream answered {upstream.status} "
+                    f"(WWW-Authenticate: {upstream.headers.get('WWW-Authenticate', '-')[:200]})",
+                )
+            response_headers = client_response_headers(upstream.headers)
+            if is_event_stream(upstream.headers.get("Content-Type")):
+                return await self._relay_event_stream(request, upstream, response_headers, transform_event)
+            if transform_json is not None and upstream.headers.get("Content-Type", "").startswith("application/json"):
+                payload = transform_json(await upstream.read())
+                return web.Response(status=upstream.status, headers=response_headers, body=payload)
+            return await self._relay_body(request, upstream, response_headers)
+        finally:
+            upstream.release()
+
+    async def _relay_body(
+        self, request: web.Request, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str]
+    ) -> web.StreamResponse:
+        length = upstream.content_length
+        if length is not None and length <= 64 * 1024:
+            # Small answers (most JSON-RPC results): one read, one write, a Content-Length for the client.
+            try:
+                payload = await upstream.read()
+            except aiohttp.ClientError as exc:
+                raise UpstreamError("upstream_broken", f"{type(exc).__name__}: {exc}") from exc
+            return web.Response(status=upstream.status, headers=headers, body=payload)
+        response = web.StreamResponse(status=upstream.status, headers=headers)
+        await response.prepare(request)
+        await self._pump(upstream, response, None)
+        return response
+
+    async def _relay_event_stream(
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        headers: CIMultiDict[str],
+        transform_event: Callable[[bytes], bytes | None] | None,
+    ) -> web.StreamResponse:
+        headers["Cache-Control"] = "no-cache"
+        headers["X-Accel-Buffering"] = "no"  # tell any buffering proxy in front of us not to
+        response = web.StreamResponse(status=upstream.status, headers=headers)
+        await response.prepare(request)
+        await self._pump(upstream, response, transform_event)
+        return response
+
+    async def _pump(
+        self,
+        upstream: aiohttp.ClientResponse,
+        response: web.StreamResponse,
+        transform_event: Callable[[bytes], bytes | None] | None,
+    ) -> None:
+        """Copy the upstream body as it arrives. An upstream dying mid-stream ends the stream cleanly."""
+        splitter = EventSplitter() if transform_event is not None else None
+        try:
+            async for chunk in upstream.content.iter_any():
+                if splitter is None:
+                    await response.write(chunk)
+                    continue
+                for event in splitter.feed(chunk):
+                    replaced = transform_event(event)
+                    if replaced:
+                        await response.write(replaced)
+            if splitter is not None and splitter.pending:
+                log.warning("upstream event stream ended inside an event; the partial event was dropped")
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.IncompleteReadError) as exc:
+            log.warning("upstream stream ended abruptly: %s", type(exc).__name__)
+        except ConnectionResetError:
+            log.info("client went away during a streamed response")
+            return
+        try:
+            await response.write_eof()
+        except ConnectionResetError:
+            pass
