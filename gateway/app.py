@@ -13,11 +13,19 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from gateway.auth.authenticator import Authenticator
+from gateway.auth.introspection import Introspector
+from gateway.auth.jwks import JwksCache
+from gateway.auth.scopes import ScopeRequirements
 from gateway.config import Config
+from gateway.edge.challenge import Challenges
+from gateway.edge.metadata import add_metadata_routes
+from gateway.edge.origin import OriginPolicy
 from gateway.edge.health import Readiness, healthz, readyz_handler
 from gateway.edge.responses import error_response
 from gateway.endpoint import McpEndpoint
 from gateway.errors import GatewayError, NotFound
+from gateway.mcp.sessions import SessionBindings
 from gateway.upstream.proxy import UpstreamProxy
 
 log = logging.getLogger(__name__)
@@ -58,9 +66,35 @@ class Gateway:
         self.config = config
         self.readiness = Readiness()
         self.proxy = UpstreamProxy(config.upstream, public_url=config.server.public_url)
-        self.endpoint = McpEndpoint(config, self.proxy)
+        self.jwks = JwksCache(config.auth.issuers, config.auth.jwks)
+        self.authenticator = Authenticator(config.auth, config.server.public_url, self.jwks)
+        self.introspector = None
+        if config.auth.introspection is not None:
+            first_issuer = config.auth.issuers[0].issuer
+            self.introspector = Introspector(
+                config.auth.introspection, self.authenticator.rules, resolve_endpoint=lambda: self._introspection_endpoint(first_issuer)
+            )
+            self.authenticator.introspector = self.introspector
+        self.endpoint = McpEndpoint(
+            config,
+            proxy=self.proxy,
+            authenticator=self.authenticator,
+            scopes=ScopeRequirements(config.auth),
+            sessions=SessionBindings(),
+            challenges=Challenges(config.server.public_url, config.auth.required_scopes),
+            origins=OriginPolicy(config.server.allowed_origins),
+        )
+        self._background: list[asyncio.Task[None]] = []
         self._started = False
         self.readiness.add("started", lambda: self._started)
+        self.readiness.add("issuer_keys", lambda: self.jwks.ready)
+
+    async def _introspection_endpoint(self, issuer: str) -> str:
+        metadata = self.jwks.metadata(issuer) or await self.jwks.discover(issuer)
+        endpoint = metadata.get("introspection_endpoint")
+        if not isinstance(endpoint, str):
+            raise ValueError(f"metadata of {issuer} has no introspection_endpoint; set auth.introspection.endpoint")
+        return endpoint
 
     def create_app(self) -> web.Application:
         app = web.Application(
@@ -70,6 +104,7 @@ class Gateway:
         )
         app.router.add_get("/healthz", healthz, allow_head=True)
         app.router.add_get("/readyz", readyz_handler(self.readiness), allow_head=True)
+        add_metadata_routes(app, self.config)
         app.router.add_route("*", self.config.server.mcp_path, self.endpoint.handle)
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)
@@ -77,10 +112,21 @@ class Gateway:
 
     async def _on_startup(self, app: web.Application) -> None:
         await self.proxy.start()
+        await self.jwks.start()
+        if self.introspector is not None:
+            await self.introspector.start()
+        # T8 warm-up: readiness waits for every issuer's keys; requests meanwhile fetch on demand.
+        self._background.append(asyncio.create_task(self.jwks.keep_warm(), name="jwks-warm-up"))
         self._started = True
 
     async def _on_cleanup(self, app: web.Application) -> None:
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         await self.proxy.close()
+        await self.jwks.close()
+        if self.introspector is not None:
+            await self.introspector.close()
 
 
 async def serve(config: Config, *, ready: Callable[[str], None] | None = None) -> None:

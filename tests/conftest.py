@@ -11,6 +11,7 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.config import Config, parse_config
+from tests.factories import RESOURCE, TestIssuer, bearer
 from tests.upstreams import RecordingUpstream
 
 
@@ -36,12 +37,23 @@ def policies_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def make_config(policies_dir: Path) -> Callable[..., Config]:
+async def issuer(aiohttp_server) -> TestIssuer:
+    """A real identity provider on loopback: metadata, JWKS, introspection."""
+    test_issuer = TestIssuer()
+    server = await aiohttp_server(test_issuer.app())
+    test_issuer.url = str(server.make_url("")).rstrip("/")
+    return test_issuer
+
+
+@pytest.fixture
+def make_config(policies_dir: Path, issuer: TestIssuer) -> Callable[..., Config]:
+    """A configuration for the test issuer (keys found by discovery) with ``overrides`` merged in."""
+
     def make(upstream_url: str, **overrides: Any) -> Config:
         data = {
-            "server": {"public_url": "https://mcp.example.com/mcp", "host": "127.0.0.1", "port": 0},
+            "server": {"public_url": RESOURCE, "host": "127.0.0.1", "port": 0},
             "upstream": {"url": upstream_url},
-            "auth": {"issuers": [{"issuer": "https://idp.example.com", "jwks_uri": "https://idp.example.com/jwks"}]},
+            "auth": {"issuers": [{"issuer": issuer.url}]},
             "authorization": {"policies": str(policies_dir)},
         }
         return parse_config(deep_merge(data, overrides), source="test.yaml")
@@ -58,11 +70,17 @@ async def upstream(aiohttp_server):
 
 
 @pytest.fixture
-def start_gateway(aiohttp_client, make_config):
-    """Starts a gateway in front of ``upstream_url``; returns an aiohttp test client bound to it."""
+def start_gateway(aiohttp_client, make_config, issuer):
+    """Starts a gateway in front of ``upstream_url``; returns an aiohttp test client bound to it.
 
-    async def start(upstream_url: str, **overrides: Any):
+    The client sends a valid token for the test issuer by default; ``authenticated=False`` sends none.
+    The started ``Gateway`` is at ``client.gateway``.
+    """
+
+    async def start(upstream_url: str, *, authenticated: bool = True, **overrides: Any):
         gateway = Gateway(make_config(upstream_url, **overrides))
-        return await aiohttp_client(gateway.create_app())
+        client = await aiohttp_client(gateway.create_app(), headers=bearer(issuer.mint()) if authenticated else None)
+        client.gateway = gateway
+        return client
 
     return start

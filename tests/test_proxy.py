@@ -14,17 +14,19 @@ INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}
 JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
 
 
-async def test_u1_authorization_and_cookie_never_reach_upstream(upstream, start_gateway):
+async def test_u1_authorization_and_cookie_never_reach_upstream(upstream, start_gateway, issuer):
     client = await start_gateway(upstream.url)
+    token = issuer.mint()
     response = await client.post(
         "/mcp", json=INIT,
-        headers={"Authorization": "Bearer x", "Cookie": "session=secret", "Proxy-Authorization": "Basic eA=="},
+        headers={"Authorization": f"Bearer {token}", "Cookie": "session=secret", "Proxy-Authorization": "Basic eA=="},
     )
     assert response.status == 200
     [received] = upstream.received
     for name in ("Authorization", "Cookie", "Proxy-Authorization"):
         assert name not in received.headers
-    assert b"secret" not in b"".join(v.encode() for v in received.headers.values())
+    everything = "".join(f"{k}: {v}\n" for k, v in received.headers.items()) + received.body.decode()
+    assert "secret" not in everything and token not in everything
 
 
 async def test_u1_hop_by_hop_and_connection_named_headers_are_dropped(upstream, start_gateway):
@@ -62,22 +64,24 @@ async def test_u1_identity_headers_sent_by_the_client_are_removed(upstream, star
 
 async def test_u4_session_and_protocol_headers_pass_both_ways(upstream, start_gateway):
     client = await start_gateway(upstream.url)
-    response = await client.post(
-        "/mcp", json=INIT,
-        headers={"Mcp-Session-Id": "abc", "MCP-Protocol-Version": "2025-11-25", "Last-Event-ID": "7"},
-    )
-    received = upstream.received[0].headers
-    assert (received["Mcp-Session-Id"], received["MCP-Protocol-Version"], received["Last-Event-ID"]) == ("abc", "2025-11-25", "7")
+    response = await client.post("/mcp", json=INIT)
     assert response.headers["Mcp-Session-Id"] == "session-1"
     assert response.headers["MCP-Protocol-Version"] == "2025-11-25"
     assert (await response.json())["result"] == {"method": "initialize"}
+    await client.post(
+        "/mcp", json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+        headers={"Mcp-Session-Id": "session-1", "MCP-Protocol-Version": "2025-11-25", "Last-Event-ID": "7"},
+    )
+    received = upstream.received[1].headers
+    assert (received["Mcp-Session-Id"], received["MCP-Protocol-Version"], received["Last-Event-ID"]) == ("session-1", "2025-11-25", "7")
 
 
 async def test_u4_get_and_delete_are_forwarded(upstream, start_gateway):
     client = await start_gateway(upstream.url)
-    await client.get("/mcp", headers={"Accept": "text/event-stream", "Mcp-Session-Id": "abc"})
-    await client.delete("/mcp", headers={"Mcp-Session-Id": "abc"})
-    assert [(r.method, r.path) for r in upstream.received] == [("GET", "/mcp"), ("DELETE", "/mcp")]
+    await client.post("/mcp", json=INIT)
+    await client.get("/mcp", headers={"Accept": "text/event-stream", "Mcp-Session-Id": "session-1"})
+    await client.delete("/mcp", headers={"Mcp-Session-Id": "session-1"})
+    assert [(r.method, r.path) for r in upstream.received] == [("POST", "/mcp"), ("GET", "/mcp"), ("DELETE", "/mcp")]
 
 
 async def test_u4_sse_event_arrives_while_upstream_still_producing(upstream, start_gateway):
@@ -161,9 +165,26 @@ async def test_unsupported_method_gets_405(upstream, start_gateway):
     assert upstream.received == []
 
 
+async def wait_ready(client, seconds: float = 5.0):
+    for _ in range(int(seconds / 0.05)):
+        response = await client.get("/readyz")
+        if response.status == 200:
+            return response
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not ready: {await response.text()}")
+
+
 async def test_e2_health_and_readiness_need_no_token(upstream, start_gateway):
-    client = await start_gateway(upstream.url)
+    client = await start_gateway(upstream.url, authenticated=False)
     assert (await client.get("/healthz")).status == 200
-    ready = await client.get("/readyz")
-    assert ready.status == 200
+    ready = await wait_ready(client)
     assert (await ready.json())["status"] == "ready"
+
+
+async def test_e2_not_ready_until_issuer_keys_are_loaded(upstream, start_gateway, issuer):
+    issuer.jwks_status = 500
+    client = await start_gateway(upstream.url, authenticated=False)
+    await asyncio.sleep(0.2)
+    response = await client.get("/readyz")
+    assert response.status == 503
+    assert (await response.json())["checks"]["issuer_keys"] is False

@@ -133,13 +133,17 @@ class UpstreamProxy:
         *,
         body: bytes | None,
         headers: CIMultiDict[str],
+        extra_headers: Mapping[str, str] | None = None,
+        on_response: Callable[[int, CIMultiDictProxy[str]], None] | None = None,
         transform_json: Callable[[bytes], bytes] | None = None,
         transform_event: Callable[[bytes], bytes | None] | None = None,
     ) -> web.StreamResponse:
         """Send the request upstream and relay the answer.
 
-        ``transform_json`` rewrites a whole ``application/json`` body and ``transform_event`` each SSE
-        event (Z4 list filtering); without them bytes pass untouched, event streams chunk by chunk.
+        ``extra_headers`` are added to the client's answer (CORS). ``on_response`` sees the upstream's
+        status and headers before the client does (session binding). ``transform_json`` rewrites a whole
+        ``application/json`` body and ``transform_event`` each SSE event (Z4 list filtering); without
+        them bytes pass untouched, event streams chunk by chunk.
         """
         try:
             async with asyncio.timeout(self.config.response_timeout):
@@ -164,7 +168,11 @@ class UpstreamProxy:
                     f"upstream answered {upstream.status} "
                     f"(WWW-Authenticate: {upstream.headers.get('WWW-Authenticate', '-')[:200]})",
                 )
+            if on_response is not None:
+                on_response(upstream.status, upstream.headers)
             response_headers = client_response_headers(upstream.headers)
+            if extra_headers:
+                response_headers.update(extra_headers)
             if is_event_stream(upstream.headers.get("Content-Type")):
                 return await self._relay_event_stream(request, upstream, response_headers, transform_event)
             if transform_json is not None and upstream.headers.get("Content-Type", "").startswith("application/json"):

@@ -1,0 +1,95 @@
+"""From a raw bearer token to a verified ``Principal`` (T2-T9, T11).
+
+The order: a verified-token cache (keyed by a hash, never the token: T11); the shape test that decides
+JWT or not (T2); for a JWT, the issuer's rules, the header rules, the key (refetching once on an unknown
+``kid``, T8) and the signature and claims; for anything else, introspection when configured (T9). A
+well-formed JWT that fails is never introspected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cachetools import TLRUCache
+
+from gateway.auth.introspection import Introspector
+from gateway.auth.jwks import JwksCache
+from gateway.auth.jwt import IssuerRules, check_header, read_jose_header, read_unverified_claims, verify_jwt
+from gateway.auth.principal import Principal
+from gateway.config import AuthConfig
+from gateway.errors import Unauthenticated
+
+# A verified token is trusted from the cache until shortly before it expires, and never for longer than this.
+VERIFIED_CACHE_MARGIN = 5.0
+VERIFIED_CACHE_MAX_TTL = 3600.0
+
+
+def token_hash(token: str) -> bytes:
+    """T11: the only form in which a token is used as a key."""
+    return hashlib.sha256(token.encode()).digest()
+
+
+class Authenticator:
+    def __init__(
+        self,
+        config: AuthConfig,
+        public_url: str,
+        jwks: JwksCache,
+        *,
+        introspector: Introspector | None = None,
+        clock: Callable[[], float] = time.time,
+        cache_size: int = 10_000,
+    ):
+        self.rules = {issuer.issuer: IssuerRules.build(issuer, public_url, i) for i, issuer in enumerate(config.issuers)}
+        self.jwks = jwks
+        self.introspector = introspector
+        self.clock = clock
+        self._verified: TLRUCache[bytes, Principal] = TLRUCache(maxsize=cache_size, ttu=self._expiry, timer=clock)
+        self.verifications = 0
+
+    @staticmethod
+    def _expiry(key: bytes, principal: Principal, now: float) -> float:
+        limit = now + VERIFIED_CACHE_MAX_TTL
+        return limit if principal.expires_at is None else min(limit, principal.expires_at - VERIFIED_CACHE_MARGIN)
+
+    async def authenticate(self, token: str) -> Principal:
+        digest = token_hash(token)
+        cached = self._verified.get(digest)
+        if cached is not None:
+            return cached
+        header = read_jose_header(token)
+        if header is None:
+            if self.introspector is None:
+                raise Unauthenticated("not_a_jwt", "token is not a JWT and no introspection is configured")
+            return await self.introspector.introspect(token, digest)
+        principal = await self._verify_jwt(token, header)
+        self._verified[digest] = principal
+        return principal
+
+    async def _verify_jwt(self, token: str, header: dict[str, Any]) -> Principal:
+        claims = read_unverified_claims(token)
+        issuer = claims.get("iss")
+        rules = self.rules.get(issuer) if isinstance(issuer, str) else None
+        if rules is None:
+            raise Unauthenticated("jwt_unknown_issuer", "iss is not a configured issuer")
+        alg = check_header(header, rules)
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise Unauthenticated("jwt_header_malformed", "kid is not a string")
+        keys = await self.jwks.keys(rules.config.issuer)
+        key = keys.select(kid, alg)
+        if key is None and kid is not None and not keys.has_kid(kid):
+            # T8: perhaps the issuer rotated its keys since our last fetch.
+            keys = await self.jwks.keys_after_unknown_kid(rules.config.issuer)
+            key = keys.select(kid, alg)
+        if key is None:
+            if kid is None:
+                raise Unauthenticated("jwt_no_kid", f"no kid and {alg} does not select exactly one key")
+            if keys.has_kid(kid):
+                raise Unauthenticated("jwt_key_alg_mismatch", f"key {kid[:64]!r} is not for {alg}")
+            raise Unauthenticated("jwt_unknown_key", f"no key {kid[:64]!r} in the issuer's key set")
+        self.verifications += 1
+        return verify_jwt(token, key, rules, self.clock())

@@ -1,0 +1,167 @@
+"""T9: RFC 7662 token introspection, the fallback for tokens that are not JWTs (and only for those).
+
+One ``Introspector`` per process. It authenticates to the endpoint as a client (``client_secret_basic``
+by default), checks ``active``, ``iss``, ``aud`` and ``exp`` like T3-T5, caches answers under a hash of
+the token (positive ones no longer than the token lives, negative ones briefly), and lets concurrent
+requests carrying the same new token share one call. An endpoint that cannot be reached gives 503 with
+``Retry-After``: the gateway's trouble is not the client's, so never a 401.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from cachetools import TLRUCache
+
+from gateway.auth.jwt import IssuerRules, canonical_url
+from gateway.auth.principal import Principal, principal_from_claims
+from gateway.config import IntrospectionConfig
+from gateway.errors import Unauthenticated, VerifierUnavailable
+
+log = logging.getLogger(__name__)
+
+NEGATIVE_TTL = 10.0
+MAX_RESPONSE_BYTES = 64 * 1024
+
+EndpointResolver = Callable[[], Awaitable[str]]
+
+
+class Introspector:
+    def __init__(
+        self,
+        config: IntrospectionConfig,
+        rules: Mapping[str, IssuerRules],
+        *,
+        resolve_endpoint: EndpointResolver,
+        clock: Callable[[], float] = time.time,
+        max_entries: int = 10_000,
+    ):
+        self.config = config
+        self.rules = rules
+        self.clock = clock
+        self._resolve_endpoint = resolve_endpoint
+        self._endpoint: str | None = config.endpoint
+        # value: Principal, or the Unauthenticated error to repeat (negative cache)
+        self._cache: TLRUCache[bytes, Principal | Unauthenticated] = TLRUCache(
+            maxsize=max_entries, ttu=self._expiry, timer=clock
+        )
+        self._expiries: dict[int, float] = {}
+        self._inflight: dict[bytes, asyncio.Future[Principal]] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self.calls = 0
+
+    def _expiry(self, key: bytes, value: Principal | Unauthenticated, now: float) -> float:
+        if isinstance(value, Unauthenticated):
+            return now + min(NEGATIVE_TTL, self.config.cache_ttl)
+        limit = now + self.config.cache_ttl
+        return min(limit, value.expires_at) if value.expires_at is not None else limit
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def introspect(self, token: str, token_hash: bytes) -> Principal:
+        cached = self._cache.get(token_hash)
+        if isinstance(cached, Principal):
+            return cached
+        if isinstance(cached, Unauthenticated):
+            raise Unauthenticated(cached.reason, cached.detail + " (cached)")
+        pending = self._inflight.get(token_hash)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Principal] = asyncio.get_running_loop().create_future()
+        self._inflight[token_hash] = future
+        try:
+            principal = await self._call(token)
+        except BaseException as exc:
+            if isinstance(exc, Unauthenticated):
+                self._cache[token_hash] = exc
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters, if any, re-raise it themselves
+            raise
+        else:
+            self._cache[token_hash] = principal
+            future.set_result(principal)
+            return principal
+        finally:
+            del self._inflight[token_hash]
+
+    async def _call(self, token: str) -> Principal:
+        if self._session is None:
+            raise VerifierUnavailable("introspection_unavailable", "Introspector.start() was not awaited")
+        endpoint = await self._endpoint_url()
+        form = {"token": token, "token_type_hint": "access_token"}
+        secret = self.config.client_secret.reveal()
+        auth = None
+        if self.config.auth_method == "client_secret_basic":
+            # RFC 6749 §2.3.1: client id and secret are form-urlencoded before Basic encoding.
+            auth = aiohttp.BasicAuth(quote(self.config.client_id, safe=""), quote(secret, safe=""))
+        else:
+            form.update(client_id=self.config.client_id, client_secret=secret)
+        self.calls += 1
+        try:
+            async with self._session.post(endpoint, data=form, auth=auth, headers={"Accept": "application/json"}) as response:
+                if response.status != 200:
+                    raise VerifierUnavailable("introspection_failed", f"{endpoint} answered {response.status}")
+                body = await response.content.read(MAX_RESPONSE_BYTES + 1)
+                if len(body) > MAX_RESPONSE_BYTES:
+                    raise VerifierUnavailable("introspection_failed", f"{endpoint}: answer too large")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise VerifierUnavailable("introspection_unavailable", f"{endpoint}: {type(exc).__name__}") from exc
+        try:
+            answer = json.loads(body)
+        except ValueError as exc:
+            raise VerifierUnavailable("introspection_failed", f"{endpoint}: answer is not JSON") from exc
+        if not isinstance(answer, dict):
+            raise VerifierUnavailable("introspection_failed", f"{endpoint}: answer is not a JSON object")
+        return self.check_answer(answer)
+
+    def check_answer(self, answer: Mapping[str, Any]) -> Principal:
+        """RFC 7662 §2.2 answer → caller, with the same issuer, audience and time rules as JWTs."""
+        if answer.get("active") is not True:
+            raise Unauthenticated("token_inactive", "introspection says the token is not active")
+        iss = answer.get("iss")
+        if iss is None and len(self.rules) == 1:
+            iss = next(iter(self.rules))  # RFC 7662: iss is optional; one issuer leaves no doubt
+        rules = self.rules.get(iss) if isinstance(iss, str) else None
+        if rules is None:
+            raise Unauthenticated("introspection_wrong_issuer", "iss is missing or not a configured issuer")
+        aud = answer.get("aud")
+        audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+        if not any(isinstance(a, str) and canonical_url(a) in rules.audiences for a in audiences):
+            raise Unauthenticated("introspection_wrong_audience", "aud missing or does not name this resource")
+        now = self.clock()
+        exp = answer.get("exp")
+        if exp is not None:
+            if isinstance(exp, bool) or not isinstance(exp, (int, float)):
+                raise Unauthenticated("introspection_claim_malformed", "exp is not a number")
+            if now >= exp + rules.config.leeway:
+                raise Unauthenticated("token_expired", "introspected token expired")
+        nbf = answer.get("nbf")
+        if isinstance(nbf, (int, float)) and not isinstance(nbf, bool) and now + rules.config.leeway < nbf:
+            raise Unauthenticated("token_not_yet_valid", "introspected token not yet valid")
+        claims = dict(answer)
+        claims["iss"] = iss
+        if not isinstance(claims.get("sub"), str) or not claims["sub"]:
+            raise Unauthenticated("introspection_no_subject", "introspection answer has no sub")
+        claims.pop("active", None)
+        return principal_from_claims(claims, token_type="introspected")
+
+    async def _endpoint_url(self) -> str:
+        if self._endpoint is None:
+            try:
+                self._endpoint = await self._resolve_endpoint()
+            except Exception as exc:  # discovery trouble is ours, not the client's
+                raise VerifierUnavailable("introspection_unavailable", f"no introspection endpoint: {exc}") from exc
+        return self._endpoint

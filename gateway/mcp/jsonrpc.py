@@ -1,0 +1,161 @@
+"""Z5, Z6: a POST body to the MCP endpoint, parsed strictly into JSON-RPC messages. Pure: bytes in, values out.
+
+Strict means: ``application/json`` only; UTF-8; no duplicate keys in any object (two parsers could read
+``{"name": "search", "name": "drop_table"}`` differently, so the policy would judge one tool and the
+upstream call another); no ``NaN``/``Infinity``; JSON-RPC 2.0 shape for every element of a batch. What
+fails here never reaches the upstream.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+from gateway.errors import PARSE_ERROR, BadRequest
+
+MessageKind = Literal["request", "notification", "response"]
+
+# Methods that are never evaluated by policy (Z1): the handshake and liveness.
+UNEVALUATED_METHODS = frozenset({"initialize", "ping"})
+
+# Where Mcp-Name's value lives in the body, per method (MCP 2026-07-28 transports).
+NAME_PARAM = {
+    "tools/call": "name",
+    "prompts/get": "name",
+    "resources/read": "uri",
+    "resources/subscribe": "uri",
+    "resources/unsubscribe": "uri",
+}
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+class MalformedMessage(BadRequest):
+    """400 with a JSON-RPC error code fitting the problem (-32700 parse error, -32600 invalid request)."""
+
+    def __init__(self, reason: str, detail: str, *, parse_error: bool = False):
+        super().__init__(reason, detail, message="Parse error" if parse_error else "Invalid JSON-RPC request")
+        if parse_error:
+            self.jsonrpc_code = PARSE_ERROR  # type: ignore[misc]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    kind: MessageKind
+    method: str | None = None
+    id: Any = None
+    params: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+
+    @property
+    def name(self) -> str | None:
+        """The tool or prompt name, or the resource URI, that the method acts on (None if not applicable)."""
+        key = NAME_PARAM.get(self.method or "")
+        value = self.params.get(key) if key else None
+        return value if isinstance(value, str) else None
+
+    @property
+    def evaluated(self) -> bool:
+        """Z1: requests are authorized, except the handshake; notifications and responses are not."""
+        return self.kind == "request" and self.method not in UNEVALUATED_METHODS
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    messages: tuple[Message, ...]
+    is_array: bool = False
+
+    @property
+    def first_id(self) -> Any:
+        for message in self.messages:
+            if message.kind == "request":
+                return message.id
+        return None
+
+    @property
+    def has_requests(self) -> bool:
+        return any(message.kind == "request" for message in self.messages)
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise MalformedMessage("duplicate_key", f"key {key[:50]!r} appears twice in one object", parse_error=True)
+        result[key] = value
+    return result
+
+
+def _reject_constant(name: str) -> Any:
+    raise MalformedMessage("non_json_number", f"{name} is not JSON", parse_error=True)
+
+
+def loads_strict(body: bytes) -> Any:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MalformedMessage("not_utf8", "body is not UTF-8", parse_error=True) from exc
+    try:
+        return json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+    except MalformedMessage:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise MalformedMessage("invalid_json", f"not JSON: {str(exc)[:100]}", parse_error=True) from exc
+
+
+def _message(obj: Any, where: str) -> Message:
+    if not isinstance(obj, dict):
+        raise MalformedMessage("not_jsonrpc", f"{where} is not a JSON object")
+    if obj.get("jsonrpc") != "2.0":
+        raise MalformedMessage("not_jsonrpc", f"{where} lacks jsonrpc: \"2.0\"")
+    has_id = "id" in obj
+    rpc_id = obj.get("id")
+    if has_id and (isinstance(rpc_id, bool) or not isinstance(rpc_id, (str, int))):
+        # MCP: request ids are strings or integers, never null.
+        if "method" in obj or rpc_id is not None:
+            raise MalformedMessage("bad_id", f"{where} id must be a string or an integer")
+    if "method" in obj:
+        method = obj["method"]
+        if not isinstance(method, str) or not method:
+            raise MalformedMessage("bad_method", f"{where} method is not a string")
+        params = obj.get("params", _EMPTY)
+        if not isinstance(params, (dict, MappingProxyType)):
+            # MCP params are always objects (JSON-RPC allows arrays; MCP never uses them).
+            raise MalformedMessage("bad_params", f"{where} params is not an object")
+        kind: MessageKind = "request" if has_id else "notification"
+        return Message(kind=kind, method=method, id=rpc_id, params=params)
+    if has_id and (("result" in obj) != ("error" in obj)):
+        return Message(kind="response", id=rpc_id)
+    raise MalformedMessage("not_jsonrpc", f"{where} is neither a request, a notification nor a response")
+
+
+def parse_body(body: bytes, content_type: str) -> Batch:
+    """Z5: the messages of one POST body, or ``MalformedMessage``."""
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise MalformedMessage("wrong_content_type", f"Content-Type {media_type[:50]!r} is not application/json")
+    document = loads_strict(body)
+    if isinstance(document, list):
+        if not document:
+            raise MalformedMessage("empty_batch", "empty batch")
+        return Batch(tuple(_message(item, f"element {i}") for i, item in enumerate(document)), is_array=True)
+    return Batch((_message(document, "message"),))
+
+
+def check_routing_headers(batch: Batch, mcp_method: str | None, mcp_name: str | None) -> None:
+    """Z6 (MCP 2026-07-28): ``Mcp-Method``/``Mcp-Name``, when sent, must say what the body says.
+
+    Decisions are always made from the body; a mismatch means some hop would route or log a different
+    call than the one made, so it is refused.
+    """
+    if mcp_method is None and mcp_name is None:
+        return
+    if batch.is_array or len(batch.messages) != 1 or batch.messages[0].method is None:
+        raise MalformedMessage("routing_header_mismatch", "Mcp-Method/Mcp-Name sent with a body that is not one request")
+    message = batch.messages[0]
+    if mcp_method is not None and mcp_method != message.method:
+        raise MalformedMessage("routing_header_mismatch", "Mcp-Method does not match the body's method")
+    if mcp_name is not None and mcp_name != message.name:
+        raise MalformedMessage("routing_header_mismatch", "Mcp-Name does not match the body")
