@@ -23,7 +23,7 @@ from gateway.edge.metadata import add_metadata_routes
 from gateway.edge.origin import OriginPolicy
 from gateway.edge.health import Readiness, healthz, readyz_handler
 from gateway.edge.responses import error_response
-from gateway.endpoint import McpEndpoint
+from gateway.endpoint import McpEndpoint, log_refusal
 from gateway.errors import GatewayError, NotFound
 from gateway.mcp.sessions import SessionBindings
 from gateway.upstream.proxy import UpstreamProxy
@@ -40,10 +40,7 @@ async def refuse_errors(request: web.Request, handler: Handler) -> web.StreamRes
     try:
         response = await handler(request)
     except GatewayError as error:
-        log.info(
-            "refused %s %s: %s", request.method, request.path, error.reason,
-            extra={"fields": {"status": error.status, "reason": error.reason, "detail": error.detail}},
-        )
+        log_refusal(request, error)
         return error_response(error)
     except web.HTTPException as exc:
         if exc.status == 404:

@@ -62,7 +62,11 @@ def log_refusal(request: web.Request, error: GatewayError, principal: Principal 
                               "method": request.method, "path": request.path}
     if principal is not None:
         fields.update(issuer=principal.issuer, subject=principal.subject)
-    log.log(logging.ERROR if error.status >= 500 else logging.INFO, "refused: %s", error.reason, extra={"fields": fields})
+    log.log(
+        logging.ERROR if error.status >= 500 else logging.INFO,
+        "refused %s %s with %d: %s: %s", request.method, request.path, error.status, error.reason, error.detail,
+        extra={"fields": fields},
+    )
 
 
 class McpEndpoint:

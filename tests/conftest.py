@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,13 @@ def deep_merge(base: dict, extra: dict) -> dict:
     for key, value in extra.items():
         merged[key] = deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
     return merged
+
+
+@pytest.fixture(autouse=True)
+def gateway_logs(caplog):
+    """Refusals are logged at INFO; capture them so tests can check reasons (and the absence of tokens)."""
+    caplog.set_level(logging.INFO, logger="gateway")
+    return caplog
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ requests carrying the same new token share one call. An endpoint that cannot be 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import time
@@ -103,15 +104,16 @@ class Introspector:
         endpoint = await self._endpoint_url()
         form = {"token": token, "token_type_hint": "access_token"}
         secret = self.config.client_secret.reveal()
-        auth = None
+        headers = {"Accept": "application/json"}
         if self.config.auth_method == "client_secret_basic":
             # RFC 6749 §2.3.1: client id and secret are form-urlencoded before Basic encoding.
-            auth = aiohttp.BasicAuth(quote(self.config.client_id, safe=""), quote(secret, safe=""))
+            pair = f"{quote(self.config.client_id, safe='')}:{quote(secret, safe='')}"
+            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
         else:
             form.update(client_id=self.config.client_id, client_secret=secret)
         self.calls += 1
         try:
-            async with self._session.post(endpoint, data=form, auth=auth, headers={"Accept": "application/json"}) as response:
+            async with self._session.post(endpoint, data=form, headers=headers) as response:
                 if response.status != 200:
                     raise VerifierUnavailable("introspection_failed", f"{endpoint} answered {response.status}")
                 body = await response.content.read(MAX_RESPONSE_BYTES + 1)

@@ -90,6 +90,7 @@ class _IssuerState:
     metadata: dict[str, Any] | None = None
     expires_at: float = 0.0
     last_attempt: float = float("-inf")
+    last_kid_refetch: float = float("-inf")
     fetches: int = 0
     inflight: asyncio.Task[KeySet] | None = None
 
@@ -130,10 +131,14 @@ class JwksCache:
     async def keys_after_unknown_kid(self, issuer: str) -> KeySet:
         """A token named a key we do not have: refetch, unless one was tried within the cool-down."""
         state = self._states[issuer]
-        if self.clock() - state.last_attempt < self.config.refresh_cooldown and state.inflight is None:
-            if state.keys is None:
-                raise VerifierUnavailable("jwks_unavailable", f"no keys for {issuer} (cooling down)")
-            return state.keys
+        if state.inflight is None:
+            # The cool-down counts only refetches caused by unknown kids, so a key rotated just after a
+            # scheduled fetch is still picked up on the first request that uses it.
+            if self.clock() - state.last_kid_refetch < self.config.refresh_cooldown:
+                if state.keys is None:
+                    raise VerifierUnavailable("jwks_unavailable", f"no keys for {issuer} (cooling down)")
+                return state.keys
+            state.last_kid_refetch = self.clock()
         return await self._refresh_or_keep(state)
 
     @property
