@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+NODE_STAMP := tests/interop/node_modules/.installed-stamp
 
-.PHONY: run test bench venv clean help
+.PHONY: run test bench venv npm clean help
 
 help:
 	@echo "make run    set up and run the gateway on its embedded demo (127.0.0.1)"
@@ -22,14 +23,21 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The interop tests' real parts (an authorization server, MCP clients and servers) come from npm.
+$(NODE_STAMP): tests/interop/package.json tests/interop/package-lock.json
+	npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error
+	@touch $@
+
+npm: $(NODE_STAMP)
+
 run: venv
 	$(VENV)/bin/mcp-auth-gateway demo
 
-test: venv
+test: venv npm
 	$(PY) -m pytest
 
 bench: venv
 	$(PY) bench/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache tests/interop/node_modules

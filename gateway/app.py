@@ -17,6 +17,7 @@ from gateway.auth.authenticator import Authenticator
 from gateway.auth.introspection import Introspector
 from gateway.auth.jwks import JwksCache
 from gateway.auth.scopes import ScopeRequirements
+from gateway.authz.cedar import Authorizer, PolicyStore
 from gateway.config import Config
 from gateway.edge.challenge import Challenges
 from gateway.edge.metadata import add_metadata_routes
@@ -26,6 +27,7 @@ from gateway.edge.responses import error_response
 from gateway.endpoint import McpEndpoint, log_refusal
 from gateway.errors import GatewayError, NotFound
 from gateway.mcp.sessions import SessionBindings
+from gateway.observe.audit import AuditLog
 from gateway.upstream.proxy import UpstreamProxy
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,9 @@ class Gateway:
                 config.auth.introspection, self.authenticator.rules, resolve_endpoint=lambda: self._introspection_endpoint(first_issuer)
             )
             self.authenticator.introspector = self.introspector
+        self.policies = PolicyStore(config.authorization)
+        self.authorizer = Authorizer(self.policies, config.authorization, server_name=config.resource.name or "mcp")
+        self.audit = AuditLog(config.audit)
         self.endpoint = McpEndpoint(
             config,
             proxy=self.proxy,
@@ -80,6 +85,8 @@ class Gateway:
             sessions=SessionBindings(),
             challenges=Challenges(config.server.public_url, config.auth.required_scopes),
             origins=OriginPolicy(config.server.allowed_origins),
+            authorizer=self.authorizer,
+            audit=self.audit,
         )
         self._background: list[asyncio.Task[None]] = []
         self._started = False
@@ -114,6 +121,8 @@ class Gateway:
             await self.introspector.start()
         # T8 warm-up: readiness waits for every issuer's keys; requests meanwhile fetch on demand.
         self._background.append(asyncio.create_task(self.jwks.keep_warm(), name="jwks-warm-up"))
+        if self.config.authorization.reload:
+            self._background.append(asyncio.create_task(self.policies.watch(), name="policy-reload"))
         self._started = True
 
     async def _on_cleanup(self, app: web.Application) -> None:
@@ -122,6 +131,7 @@ class Gateway:
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.proxy.close()
         await self.jwks.close()
+        self.audit.close()
         if self.introspector is not None:
             await self.introspector.close()
 

@@ -62,35 +62,50 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _validate(path: str | None) -> int:
+    """Configuration, then the policies, schema and entities it names: every problem, no network."""
+    from gateway.authz.cedar import PolicyLoadError, load_policies
+
     try:
         config = load_config(path)
     except ConfigError as error:
-        for problem in error.problems:
-            print(problem, file=sys.stderr)
-        print(f"{len(error.problems)} problem(s) found", file=sys.stderr)
-        return 1
+        return _report(error.problems)
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    print(f"{config.source}: ok")
+    try:
+        policies = load_policies(config.authorization)
+    except PolicyLoadError as error:
+        return _report(error.problems)
+    schema = "validated against the schema" if config.authorization.schema else "no schema given"
+    print(f"{config.source}: ok ({policies.policy_count} policies, {schema})")
     return 0
+
+
+def _report(problems: list[str]) -> int:
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    print(f"{len(problems)} problem(s) found", file=sys.stderr)
+    return 1
 
 
 def _serve(path: str | None) -> int:
     from gateway.app import serve
     from gateway.observe.logs import configure_logging
 
+    from gateway.authz.cedar import PolicyLoadError
+
     try:
         config = load_config(path)
     except ConfigError as error:
-        for problem in error.problems:
-            print(problem, file=sys.stderr)
-        return 1
+        return _report(error.problems)
     configure_logging(config.logging.level, config.logging.format)
     for warning in config.warnings:
         import logging
 
         logging.getLogger("gateway").warning("%s", warning)
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except PolicyLoadError as error:  # Z2: a start with broken policies stops, naming file and line
+        return _report(error.problems)
     return 0
 
 

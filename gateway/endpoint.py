@@ -10,7 +10,9 @@ before scopes (T10: an expired token that also lacks scopes gets 401), identity 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -20,13 +22,16 @@ from gateway.auth.authenticator import Authenticator
 from gateway.auth.bearer import extract_bearer
 from gateway.auth.principal import Principal
 from gateway.auth.scopes import ScopeRequirements
+from gateway.authz.cedar import Authorizer
 from gateway.config import Config
 from gateway.edge.challenge import Challenges
 from gateway.edge.origin import OriginPolicy
 from gateway.edge.responses import error_response
-from gateway.errors import GatewayError, MethodNotAllowed, PayloadTooLarge
-from gateway.mcp.jsonrpc import Batch, check_routing_headers, parse_body
+from gateway.errors import Forbidden, GatewayError, MethodNotAllowed, PayloadTooLarge
+from gateway.mcp.jsonrpc import Batch, Message, check_routing_headers, parse_body
+from gateway.mcp.listing import LIST_RESULTS, ListFilter
 from gateway.mcp.sessions import SessionBindings
+from gateway.observe.audit import AuditLog
 from gateway.upstream.proxy import UpstreamProxy, upstream_request_headers
 
 log = logging.getLogger(__name__)
@@ -51,10 +56,14 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 class _RequestState:
     """What one request has learned so far; only for answering it."""
 
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started: float = field(default_factory=time.perf_counter)
     origin: str | None = None
     credential_stage: bool = True
     principal: Principal | None = None
     batch: Batch | None = None
+    rpc_id: Any = None  # the id a refusal's JSON-RPC error answers
+    audited: bool = False
 
 
 def log_refusal(request: web.Request, error: GatewayError, principal: Principal | None = None) -> None:
@@ -80,6 +89,8 @@ class McpEndpoint:
         sessions: SessionBindings,
         challenges: Challenges,
         origins: OriginPolicy,
+        authorizer: Authorizer,
+        audit: AuditLog,
     ):
         self.config = config
         self.proxy = proxy
@@ -88,6 +99,8 @@ class McpEndpoint:
         self.sessions = sessions
         self.challenges = challenges
         self.origins = origins
+        self.authorizer = authorizer
+        self.audit = audit
         self._identity_headers = tuple(config.upstream.identity_headers)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -107,16 +120,51 @@ class McpEndpoint:
                 state.batch = parse_body(body, request.headers.get("Content-Type", ""))
                 check_routing_headers(state.batch, request.headers.get("Mcp-Method"), request.headers.get("Mcp-Name"))
             self.scopes.check(state.principal, state.batch.messages if state.batch else ())  # T10
+            if state.batch is not None:
+                self.authorize(state.principal, state.batch, state)  # Z1-Z3
             self.sessions.check(request.headers.get("Mcp-Session-Id"), state.principal)  # U5
             return await self._forward(request, body, state)  # U1-U4
         except GatewayError as error:
             return self.refuse(request, error, state)
 
+    def authorize(self, principal: Principal, batch: Batch, state: _RequestState) -> None:
+        """Z1, Z3, Z5: every evaluated message must be allowed; one denial refuses the whole batch."""
+        for message in batch.messages:
+            if not message.evaluated:
+                continue
+            decision = self.authorizer.decide(principal, message)
+            self._audit(state, message, "allow" if decision.allowed else "deny", decision.reason,
+                        policies=decision.policies, policy_version=decision.policy_version, errors=decision.errors or None)
+            if not decision.allowed:
+                if decision.errors:
+                    log.warning("policy evaluation error, denied (fail closed): %s", "; ".join(decision.errors))
+                state.rpc_id = message.id
+                state.audited = True
+                raise Forbidden(decision.reason, f"{message.method} on {message.name or 'the server'}")
+
+    def _audit(self, state: _RequestState, message: Message | None, outcome: str, reason: str, **extra: Any) -> None:
+        principal = state.principal
+        self.audit.record(
+            request_id=state.request_id,
+            issuer=principal.issuer if principal else None,
+            subject=principal.subject if principal else None,
+            client_id=principal.client_id if principal else None,
+            method=message.method if message else None,
+            target=message.name if message else None,
+            outcome=outcome,
+            reason=reason,
+            latency_ms=round((time.perf_counter() - state.started) * 1000, 3),
+            **extra,
+        )
+
     def refuse(self, request: web.Request, error: GatewayError, state: _RequestState) -> web.Response:
         log_refusal(request, error, state.principal)
+        if not state.audited:
+            first = state.batch.messages[0] if state.batch and state.batch.messages else None
+            self._audit(state, first, "deny", error.reason)
         response = error_response(
             error,
-            rpc_id=state.batch.first_id if state.batch else None,
+            rpc_id=state.rpc_id if state.rpc_id is not None else (state.batch.first_id if state.batch else None),
             www_authenticate=self.challenges.for_error(error, credential_stage=state.credential_stage),
         )
         if state.origin is not None:
@@ -146,11 +194,19 @@ class McpEndpoint:
             public_url=self.config.server.public_url,
             upstream_host=self.proxy.host,
             strip=self._identity_headers,
+            add={"X-Request-Id": state.request_id},
         )
+        list_filter = None
+        if state.batch is not None and principal is not None:
+            list_calls = {m.id: m.method for m in state.batch.messages if m.kind == "request" and m.method in LIST_RESULTS}
+            if list_calls:
+                list_filter = ListFilter(list_calls, self.authorizer.item_check(principal))
         return await self.proxy.forward(
             request,
             body=body,
             headers=headers,
             extra_headers=OriginPolicy.response_headers(state.origin) if state.origin else None,
             on_response=on_response,
+            transform_json=list_filter.filter_json_body if list_filter else None,
+            transform_event=list_filter.filter_event if list_filter else None,
         )

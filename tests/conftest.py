@@ -54,7 +54,20 @@ async def issuer(aiohttp_server) -> TestIssuer:
 
 
 @pytest.fixture
-def make_config(policies_dir: Path, issuer: TestIssuer) -> Callable[..., Config]:
+def audit_file(tmp_path: Path) -> Path:
+    return tmp_path / "audit.jsonl"
+
+
+@pytest.fixture
+def audit_lines(audit_file: Path) -> Callable[[], list[dict]]:
+    """The audit events the gateway has written so far (audit.file), parsed."""
+    import json
+
+    return lambda: [json.loads(line) for line in audit_file.read_text().splitlines()] if audit_file.exists() else []
+
+
+@pytest.fixture
+def make_config(policies_dir: Path, issuer: TestIssuer, audit_file: Path) -> Callable[..., Config]:
     """A configuration for the test issuer (keys found by discovery) with ``overrides`` merged in."""
 
     def make(upstream_url: str, **overrides: Any) -> Config:
@@ -63,6 +76,7 @@ def make_config(policies_dir: Path, issuer: TestIssuer) -> Callable[..., Config]
             "upstream": {"url": upstream_url},
             "auth": {"issuers": [{"issuer": issuer.url}]},
             "authorization": {"policies": str(policies_dir)},
+            "audit": {"file": str(audit_file)},
         }
         return parse_config(deep_merge(data, overrides), source="test.yaml")
 

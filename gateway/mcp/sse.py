@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 # An event ends at a blank line; lines end in CRLF, LF or CR.
 _EVENT_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
-_LINE_END = re.compile(rb"\r\n|\r|\n")
+_LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 class EventSplitter:

@@ -225,10 +225,16 @@ class UpstreamProxy:
                 if splitter is None:
                     await response.write(chunk)
                     continue
-                for event in splitter.feed(chunk):
-                    replaced = transform_event(event)
-                    if replaced:
-                        await response.write(replaced)
+                try:
+                    replaced = [transform_event(event) for event in splitter.feed(chunk)]
+                except Exception:
+                    # Headers are sent, so no error status is possible: end the stream rather than
+                    # pass on an event that was not checked (fail closed).
+                    log.exception("could not filter an upstream event; the stream was ended")
+                    return
+                for event in replaced:
+                    if event:
+                        await response.write(event)
             if splitter is not None and splitter.pending:
                 log.warning("upstream event stream ended inside an event; the partial event was dropped")
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.IncompleteReadError) as exc:

@@ -1,0 +1,370 @@
+"""Z1-Z3: the Cedar policy store and the decisions made with it.
+
+``load_policies`` reads ``authorization.policies`` (a ``.cedar`` file or a folder of them), the optional
+schema and static entities, and parses them once into cedarpy handles. Every problem names its file and
+line: cedarpy's own parse errors carry no position, so each file is split into its statements and the
+first statement that does not parse is reported. With a schema, policies are validated against it.
+
+``PolicyStore`` holds the current ``LoadedPolicies`` and swaps in a new one atomically when the files
+change (Z2); a set that does not load is refused, logged, and the old one stays. ``Authorizer`` makes
+decisions; it fails closed: a policy that errors while evaluating makes the decision a denial, because
+Cedar would otherwise skip the erroring policy, and a skipped ``forbid`` is an allow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import cedarpy
+from cachetools import TTLCache
+
+from gateway.auth.principal import Principal
+from gateway.authz.entities import (
+    context_of,
+    merge_entity,
+    principal_entity,
+    resource_uid,
+    uid,
+)
+from gateway.config import AuthorizationConfig
+from gateway.mcp.jsonrpc import Message
+
+log = logging.getLogger(__name__)
+
+# Z4 / cedar.md: a listed item is checked as if it were used, with empty arguments.
+LIST_CHECKS = {
+    "tools/list": ("tools/call", "name"),
+    "prompts/list": ("prompts/get", "name"),
+    "resources/list": ("resources/read", "uri"),
+    "resources/templates/list": ("resources/read", "uri"),
+}
+
+# Entity types a request builds itself; entities.json may describe them too (merged per request, cedar.md).
+REQUEST_BUILT_TYPES = frozenset({"User", "Tool", "Prompt", "Resource", "Server"})
+
+
+class PolicyLoadError(Exception):
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    text: str
+    line: int
+
+
+def split_statements(text: str) -> list[Statement]:
+    """Cedar policies end at a ``;`` outside strings and comments. Returns each with its first line."""
+    statements: list[Statement] = []
+    start = 0
+    start_line: int | None = None
+    line = 1
+    i = 0
+    in_string = False
+    while i < len(text):
+        char = text[i]
+        if in_string:
+            if char == "\\":
+                i += 1
+            elif char == '"':
+                in_string = False
+        elif char == "/" and text.startswith("//", i):
+            end = text.find("\n", i)
+            i = len(text) if end < 0 else end
+            continue
+        elif char == '"':
+            in_string = True
+        elif char == ";":
+            statements.append(Statement(text[start:i + 1], start_line or line))
+            start, start_line = i + 1, None
+            i += 1
+            continue
+        if char == "\n":
+            line += 1
+        elif start_line is None and not char.isspace():
+            start_line = line
+        i += 1
+    if text[start:].strip() and start_line is not None:
+        # Only comments may follow the last ';'.
+        rest = "\n".join(part.split("//", 1)[0] for part in text[start:].splitlines()).strip()
+        if rest:
+            statements.append(Statement(text[start:], start_line))
+    return statements
+
+
+def _parse_file(path: Path, text: str, problems: list[str]) -> list[Statement]:
+    statements = split_statements(text)
+    try:
+        cedarpy.PolicySet.from_str(text)
+        return statements
+    except ValueError as whole_error:
+        for statement in statements:
+            try:
+                cedarpy.PolicySet.from_str(statement.text)
+            except ValueError as exc:
+                problems.append(f"{path}:{statement.line}: {exc}")
+                return []
+        problems.append(f"{path}: {whole_error}")
+        return []
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedPolicies:
+    version: int
+    policy_set: cedarpy.PolicySet
+    labels: tuple[str, ...]  # positional policy id N -> "file.cedar:line"
+    base_entities: cedarpy.Entities  # static entities of types requests never build (Group, ...)
+    static: dict[tuple[str, str], dict[str, Any]]  # static entities of request-built types, merged per request
+    policy_count: int
+    fingerprint: tuple[Any, ...] = field(default=())
+
+    def label(self, policy_id: str, annotation: str | None = None) -> str:
+        return policy_label(self.labels, policy_id, annotation)
+
+
+def policy_label(labels: tuple[str, ...] | list[str], policy_id: str, annotation: str | None = None) -> str:
+    """A policy's name in logs and audit events: its ``@id`` annotation, else ``file.cedar:line``."""
+    if annotation:
+        return annotation
+    if policy_id.startswith("policy") and policy_id[6:].isdigit() and int(policy_id[6:]) < len(labels):
+        return labels[int(policy_id[6:])]
+    return policy_id
+
+
+def policy_files(config: AuthorizationConfig) -> list[Path]:
+    if config.policies.is_dir():
+        return sorted(p for p in config.policies.glob("*.cedar") if p.is_file() and not p.name.startswith("."))
+    return [config.policies]
+
+
+def fingerprint(config: AuthorizationConfig) -> tuple[Any, ...]:
+    """What changes when any input changes (Kubernetes ConfigMaps swap a symlink: stat follows it)."""
+    parts: list[Any] = []
+    for path in [*policy_files(config), config.schema, config.entities]:
+        if path is None:
+            continue
+        try:
+            stat = os.stat(path)
+            parts.append((str(path), stat.st_mtime_ns, stat.st_size, stat.st_ino))
+        except OSError:
+            parts.append((str(path), None))
+    return tuple(parts)
+
+
+def load_policies(config: AuthorizationConfig, version: int = 1) -> LoadedPolicies:
+    """Parse and validate everything; ``PolicyLoadError`` lists each problem with file and line."""
+    problems: list[str] = []
+    stamp = fingerprint(config)
+    files = policy_files(config)
+    if not files:
+        problems.append(f"{config.policies}: no .cedar files")
+    texts: list[str] = []
+    labels: list[str] = []
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"{path}: cannot read: {exc}")
+            continue
+        statements = _parse_file(path, text, problems)
+        texts.append(text)
+        labels.extend(f"{path.name}:{s.line}" for s in statements)
+
+    schema = None
+    if config.schema is not None:
+        try:
+            schema_text = config.schema.read_text(encoding="utf-8")
+            schema = cedarpy.Schema.from_json_str(schema_text) if config.schema.suffix == ".json" else cedarpy.Schema.from_str(schema_text)
+        except (OSError, ValueError) as exc:
+            problems.append(f"{config.schema}: {exc}")
+
+    static: dict[tuple[str, str], dict[str, Any]] = {}
+    base_list: list[dict[str, Any]] = []
+    if config.entities is not None:
+        try:
+            document = json.loads(config.entities.read_text(encoding="utf-8"))
+            if not isinstance(document, list):
+                raise ValueError("must be a JSON array of entities")
+            cedarpy.Entities.from_json_str(json.dumps(document), schema)  # validates the file as a whole
+            for entity in document:
+                key = (entity["uid"]["type"], entity["uid"]["id"])
+                if key[0] in REQUEST_BUILT_TYPES:
+                    static[key] = entity
+                else:
+                    base_list.append(entity)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            problems.append(f"{config.entities}: {exc}")
+
+    if problems:
+        raise PolicyLoadError(problems)
+    all_text = "\n".join(texts)
+    policy_set = cedarpy.PolicySet.from_str(all_text)
+    if len(policy_set) != len(labels):  # the splitter and Cedar disagree: keep ids rather than wrong lines
+        labels = [f"policy{i}" for i in range(len(policy_set))]
+    if schema is not None:
+        result = cedarpy.validate_policies(all_text, schema)
+        if not result.validation_passed:
+            annotations = result.id_annotations_by_policy_id
+            for error in result.errors:
+                where = _file_of(policy_label(labels, error.policy_id), files) if error.policy_id else str(config.policies)
+                named = f" (@id {annotations[error.policy_id]!r})" if error.policy_id in annotations else ""
+                problems.append(f"{where}{named}: {error.error}")
+            raise PolicyLoadError(problems)
+    return LoadedPolicies(
+        version=version,
+        policy_set=policy_set,
+        labels=tuple(labels),
+        base_entities=cedarpy.Entities.from_json_str(json.dumps(base_list)),
+        static=static,
+        policy_count=len(policy_set),
+        fingerprint=stamp,
+    )
+
+
+def _file_of(label: str, files: list[Path]) -> str:
+    name = label.split(":", 1)[0]
+    for path in files:
+        if path.name == name:
+            return f"{path.parent}/{label}"
+    return label
+
+
+class PolicyStore:
+    """The current policies; replaced atomically by ``reload_if_changed`` (Z2)."""
+
+    def __init__(self, config: AuthorizationConfig):
+        self.config = config
+        self.current = load_policies(config)
+        self.reloads = 0
+        self.failed_reloads = 0
+        self._refused: tuple[Any, ...] | None = None
+        log.info("loaded %d Cedar policies (version %d)", self.current.policy_count, self.current.version,
+                 extra={"fields": {"policy_version": self.current.version}})
+
+    def reload_if_changed(self) -> bool:
+        stamp = fingerprint(self.config)
+        if stamp == self.current.fingerprint or stamp == self._refused:
+            return False
+        try:
+            loaded = load_policies(self.config, self.current.version + 1)
+        except PolicyLoadError as exc:
+            self._refused = stamp
+            self.failed_reloads += 1
+            log.error("policy change refused; version %d stays in force:\n%s", self.current.version, exc,
+                      extra={"fields": {"policy_version": self.current.version}})
+            return False
+        self.current = loaded  # one reference swap: a decision sees the old set or the new, never a mix
+        self._refused = None
+        self.reloads += 1
+        log.info("policies reloaded: version %d, %d policies", loaded.version, loaded.policy_count,
+                 extra={"fields": {"policy_version": loaded.version}})
+        return True
+
+    async def watch(self, interval: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.reload_if_changed()
+            except Exception:  # never let the watcher die; the old policies stay
+                log.exception("policy reload check failed")
+
+
+DecisionReason = Literal["allowed", "denied_by_policy", "no_policy_permits", "policy_error"]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    reason: DecisionReason
+    policies: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
+    policy_version: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CedarRequest:
+    """Everything one decision reads; also what ``policy explain`` prints."""
+
+    principal: dict[str, str]
+    action: dict[str, str]
+    resource: dict[str, str]
+    context: dict[str, Any]
+    entities: list[dict[str, Any]]
+
+    def as_request(self) -> dict[str, Any]:
+        return {"principal": self.principal, "action": self.action, "resource": self.resource, "context": self.context}
+
+
+class Authorizer:
+    def __init__(self, store: PolicyStore, config: AuthorizationConfig, *, server_name: str, list_cache_size: int = 100_000):
+        self.store = store
+        self.group_claims = tuple(config.group_claims)
+        self.server_name = server_name
+        # Z4: listing decisions per (principal attributes, policy version, item): a list of hundreds of
+        # tools costs hundreds of decisions once, then dictionary look-ups.
+        self._list_cache: TTLCache[tuple[Any, ...], bool] = TTLCache(maxsize=list_cache_size, ttl=300)
+
+    def item_check(self, principal: Principal) -> Callable[[str, str], bool]:
+        """For Z4: may ``principal`` use the item ``name`` that a ``list_method`` answer lists?"""
+        entity = principal_entity(principal, self.group_claims)
+        principal_key = hashlib.sha256(json.dumps([entity, principal.token_type], sort_keys=True).encode()).digest()
+        version = self.store.current.version
+
+        def allowed(list_method: str, name: str) -> bool:
+            key = (principal_key, version, list_method, name)
+            verdict = self._list_cache.get(key)
+            if verdict is None:
+                call_method, param = LIST_CHECKS[list_method]
+                message = Message(kind="request", method=call_method, params={param: name})
+                verdict = self.decide(principal, message, listing=True).allowed
+                self._list_cache[key] = verdict
+            return verdict
+
+        return allowed
+
+    def build(self, principal: Principal, message: Message, *, listing: bool = False,
+              resource: dict[str, str] | None = None, action: str | None = None) -> CedarRequest:
+        policies = self.store.current
+        server = uid("Server", self.server_name)
+        target = resource or resource_uid(message, self.server_name)
+        entities = [merge_entity(policies.static.get(("User", principal.subject)), principal_entity(principal, self.group_claims))]
+        entities.append(merge_entity(policies.static.get(("Server", self.server_name)), {"uid": server, "attrs": {}, "parents": []}))
+        if target["type"] != "Server":
+            built = {"uid": target, "attrs": {}, "parents": [server]}
+            entities.append(merge_entity(policies.static.get((target["type"], target["id"])), built))
+        return CedarRequest(
+            principal=uid("User", principal.subject),
+            action=uid("Action", action or message.method or ""),
+            resource=target,
+            context=context_of(message, principal, listing=listing),
+            entities=entities,
+        )
+
+    def decide(self, principal: Principal, message: Message, *, listing: bool = False) -> Decision:
+        return self.evaluate(self.build(principal, message, listing=listing))
+
+    def evaluate(self, request: CedarRequest) -> Decision:
+        policies = self.store.current
+        try:
+            entities = policies.base_entities.with_added_json_str(json.dumps(request.entities))
+            result = cedarpy.is_authorized(request.as_request(), policies.policy_set, entities)
+        except Exception as exc:  # fail closed on anything cedarpy raises
+            return Decision(False, "policy_error", errors=(f"{type(exc).__name__}: {exc}",), policy_version=policies.version)
+        diagnostics = result.diagnostics
+        annotations = diagnostics.id_annotations_by_reason
+        deciding = tuple(policies.label(pid, annotations.get(pid)) for pid in diagnostics.reasons)
+        if diagnostics.errors:
+            return Decision(False, "policy_error", deciding, tuple(diagnostics.errors), policies.version)
+        if result.allowed:
+            return Decision(True, "allowed", deciding, policy_version=policies.version)
+        return Decision(False, "denied_by_policy" if deciding else "no_policy_permits", deciding, policy_version=policies.version)
