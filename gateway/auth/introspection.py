@@ -156,7 +156,11 @@ class Introspector:
         claims = dict(answer)
         claims["iss"] = iss
         if not isinstance(claims.get("sub"), str) or not claims["sub"]:
-            raise Unauthenticated("introspection_no_subject", "introspection answer has no sub")
+            # RFC 7662 makes sub optional; without a resource owner (client credentials) RFC 9068 §2.2 says
+            # the subject is the client, so the client id stands in for it.
+            if not isinstance(claims.get("client_id"), str) or not claims["client_id"]:
+                raise Unauthenticated("introspection_no_subject", "introspection answer has neither sub nor client_id")
+            claims["sub"] = claims["client_id"]
         claims.pop("active", None)
         return principal_from_claims(claims, token_type="introspected")
 

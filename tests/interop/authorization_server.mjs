@@ -182,6 +182,15 @@ const configuration = {
   interactions: {
     url(ctx, interaction) { return `/interaction/${interaction.uid}`; },
   },
+  // A scope in dynamic registration is informational here, not an allow-list: MCP clients register with
+  // the scope of the first challenge and later step up (403 insufficient_scope) to more scopes, which
+  // oidc-provider would otherwise refuse as "requested scope is not allowed".
+  extraClientMetadata: {
+    properties: ['scope'],
+    validator(ctx, key, value, metadata) {
+      if (key === 'scope' && ctx?.oidc?.route === 'registration') delete metadata.scope;
+    },
+  },
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },

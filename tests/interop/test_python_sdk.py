@@ -1,0 +1,240 @@
+"""The MCP Python SDK client, through the gateway, against oidc-provider and the SDK's own server.
+
+The client is given nothing but the gateway's URL: it gets the 401, reads ``resource_metadata`` from the
+challenge, fetches PRM, then the authorization server's metadata, registers itself (RFC 7591), runs the
+authorization code flow with PKCE and ``resource`` (logging in headlessly), and retries with its token.
+The upstream records every request's headers; no test may find the client's token there (U1).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from urllib.parse import parse_qs, urljoin, urlsplit
+
+import aiohttp
+import httpx2
+import pytest
+from mcp import ClientSession
+from mcp.client.auth import OAuthClientProvider
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.auth import AuthorizationCodeResult, OAuthClientMetadata
+
+POLICIES = """\
+@id("everyone-may-list")
+permit (principal, action in [Action::"tools/list", Action::"prompts/list", Action::"resources/list"], resource);
+
+@id("everyone-may-echo-and-add")
+permit (principal, action == Action::"tools/call", resource)
+when { [Tool::"echo", Tool::"add", Tool::"countdown"].contains(resource) };
+
+@id("admin-scope-may-reset")
+permit (principal, action == Action::"tools/call", resource == Tool::"admin_reset")
+when { principal.scopes.contains("mcp.admin") };
+"""
+
+REDIRECT_URI = "http://localhost:3030/callback"
+
+
+@pytest.fixture(scope="module")
+def gateway(start_gateway_process, authorization_server, recording_upstream, gateway_port, public_url, tmp_path_factory):
+    policies = tmp_path_factory.mktemp("policies")
+    (policies / "interop.cedar").write_text(POLICIES)
+    return start_gateway_process({
+        "server": {"host": "127.0.0.1", "port": gateway_port, "public_url": public_url},
+        "upstream": {"url": recording_upstream.url},
+        "resource": {"name": "Interop MCP server", "scopes_supported": ["mcp", "mcp.admin"]},
+        "auth": {
+            "issuers": [{"issuer": authorization_server.issuer}],
+            "required_scopes": ["mcp"],
+            "tool_scopes": {"admin_*": ["mcp.admin"]},
+            "introspection": {"client_id": "gateway-introspect", "client_secret": "introspect-secret"},
+        },
+        "authorization": {"policies": str(policies)},
+        "logging": {"level": "info", "format": "json"},
+        "audit": {"file": str(policies / "audit.jsonl")},
+    })
+
+
+class MemoryTokenStorage:
+    def __init__(self) -> None:
+        self.tokens = None
+        self.client_info = None
+
+    async def get_tokens(self):
+        return self.tokens
+
+    async def set_tokens(self, tokens) -> None:
+        self.tokens = tokens
+
+    async def get_client_info(self):
+        return self.client_info
+
+    async def set_client_info(self, client_info) -> None:
+        self.client_info = client_info
+
+
+class HeadlessBrowser:
+    """Stands in for the user's browser: follows the authorization URL until the redirect URI."""
+
+    def __init__(self) -> None:
+        self.authorizations: list[str] = []
+        self._callback: dict[str, str] = {}
+
+    async def redirect_handler(self, url: str) -> None:
+        self.authorizations.append(url)
+        # oidc-provider's login cookies are set for 127.0.0.1, which aiohttp ignores unless unsafe=True.
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+            for _ in range(10):
+                async with browser.get(url, allow_redirects=False) as response:
+                    location = response.headers.get("Location")
+                    if response.status not in (302, 303) or not location:
+                        raise AssertionError(f"authorization stopped at {response.status}: {await response.text()}")
+                url = urljoin(url, location)
+                if url.startswith(REDIRECT_URI):
+                    self._callback = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+                    return
+        raise AssertionError("too many redirects")
+
+    async def callback_handler(self) -> AuthorizationCodeResult:
+        if "code" not in self._callback:
+            raise AssertionError(f"the authorization server answered {self._callback}")
+        return AuthorizationCodeResult(code=self._callback["code"], state=self._callback.get("state"), iss=self._callback.get("iss"))
+
+
+def decoded_claims(token: str) -> dict:
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+async def run_client(url: str, provider: OAuthClientProvider, calls):
+    async with httpx2.AsyncClient(auth=provider, timeout=30) as http:
+        async with streamable_http_client(url, http_client=http) as streams:
+            async with ClientSession(streams[0], streams[1]) as session:
+                await session.initialize()
+                return await calls(session)
+
+
+def assert_token_never_reached_upstream(upstream, token: str) -> None:
+    received = upstream.everything_received()
+    assert received, "the upstream recorded nothing"
+    assert token not in received
+    assert token.split(".")[-1] not in received  # not even the signature
+    for request in upstream.requests():
+        assert "authorization" not in request["headers"], request
+
+
+async def test_t_interop_python_sdk_completes_oauth_and_mcp_calls(gateway, authorization_server, recording_upstream, public_url):
+    browser = HeadlessBrowser()
+    storage = MemoryTokenStorage()
+    provider = OAuthClientProvider(
+        server_url=public_url,
+        client_metadata=OAuthClientMetadata(redirect_uris=[REDIRECT_URI], client_name="interop test"),
+        storage=storage,
+        redirect_handler=browser.redirect_handler,
+        callback_handler=browser.callback_handler,
+    )
+
+    async def calls(session: ClientSession):
+        tools = await session.list_tools()
+        echoed = await session.call_tool("echo", {"text": "through the gateway"})
+        added = await session.call_tool("add", {"a": 2, "b": 3})
+        return tools, echoed, added
+
+    tools, echoed, added = await run_client(public_url, provider, calls)
+
+    # The flow went through discovery, registration, PKCE and the resource indicator.
+    assert storage.client_info is not None and storage.client_info.client_id
+    [authorization] = browser.authorizations
+    query = parse_qs(urlsplit(authorization).query)
+    assert query["resource"] == [public_url]
+    assert query["code_challenge_method"] == ["S256"]
+    token = storage.tokens.access_token
+    claims = decoded_claims(token)
+    assert claims["aud"] == public_url and claims["iss"] == authorization_server.issuer and claims["sub"] == "alice"
+
+    # Policies filtered the list (admin_reset needs mcp.admin) and allowed the calls.
+    assert sorted(t.name for t in tools.tools) == ["add", "countdown", "echo"]
+    assert echoed.content[0].text == "through the gateway"
+    assert added.content[0].text == "5"
+    assert_token_never_reached_upstream(recording_upstream, token)
+
+
+async def test_t10_interop_python_sdk_steps_up_on_insufficient_scope(gateway, recording_upstream, public_url):
+    browser = HeadlessBrowser()
+    storage = MemoryTokenStorage()
+    provider = OAuthClientProvider(
+        server_url=public_url,
+        # oidc-provider treats a registered scope as an allow-list: register for every scope the client
+        # may be asked for, so the step-up authorization can request mcp.admin.
+        client_metadata=OAuthClientMetadata(redirect_uris=[REDIRECT_URI], client_name="step-up test", scope="mcp mcp.admin"),
+        storage=storage,
+        redirect_handler=browser.redirect_handler,
+        callback_handler=browser.callback_handler,
+    )
+
+    async def calls(session: ClientSession):
+        first_scope = storage.tokens.scope
+        result = await session.call_tool("admin_reset", {})
+        return first_scope, result
+
+    first_scope, result = await run_client(public_url, provider, calls)
+    assert first_scope == "mcp"  # the 401 challenge asked for mcp only
+    assert result.content[0].text == "reset done"  # after 403 insufficient_scope, a second authorization
+    assert len(browser.authorizations) == 2
+    assert "mcp.admin" in parse_qs(urlsplit(browser.authorizations[1]).query)["scope"][0].split()
+    assert_token_never_reached_upstream(recording_upstream, storage.tokens.access_token)
+
+
+async def client_credentials(authorization_server, client_id: str, secret: str, resource: str) -> str:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(authorization_server.token_endpoint, data={
+            "grant_type": "client_credentials", "resource": resource, "scope": "mcp",
+        }, headers={"Authorization": aiohttp.helpers.BasicAuth(client_id, secret).encode()}) as response:
+            assert response.status == 200, await response.text()
+            return (await response.json())["access_token"]
+
+
+INITIALIZE = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "interop", "version": "1"}}}
+
+
+async def mcp_post(url: str, token: str, body: dict) -> tuple[int, str]:
+    """Opens a session (initialize) and sends ``body`` in it, as a plain HTTP client would."""
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, json=INITIALIZE, headers=headers) as response:
+            if response.status != 200 or body["method"] == "initialize":
+                return response.status, await response.text()
+            session = response.headers["Mcp-Session-Id"]
+        async with http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers={**headers, "Mcp-Session-Id": session}):
+            pass
+        async with http.post(url, json=body, headers={**headers, "Mcp-Session-Id": session}) as response:
+            return response.status, await response.text()
+
+
+async def test_t9_interop_opaque_tokens_go_through_introspection(gateway, authorization_server, recording_upstream, public_url):
+    token = await client_credentials(authorization_server, "gateway-test-opaque", "gateway-secret", public_url)
+    assert token.count(".") != 2  # opaque
+    status, text = await mcp_post(public_url, token, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+    assert status == 200, text
+    assert '"echo"' in text
+    assert_token_never_reached_upstream(recording_upstream, token)
+    assert token not in gateway.log_text()
+
+
+async def test_t2_interop_client_credentials_jwt_is_accepted(gateway, authorization_server, public_url):
+    token = await client_credentials(authorization_server, "gateway-test", "gateway-secret", public_url)
+    header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+    assert header["typ"] == "at+jwt"
+    status, text = await mcp_post(public_url, token, {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                                                       "params": {"name": "echo", "arguments": {"text": "cc"}}})
+    assert status == 200, text
+    assert '"cc"' in text
+
+
+async def test_t11_interop_gateway_log_has_no_tokens(gateway, authorization_server, public_url):
+    token = await client_credentials(authorization_server, "gateway-test", "gateway-secret", public_url)
+    await mcp_post(public_url, token, {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "admin_reset"}})
+    await mcp_post(public_url, token + "x", {"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
+    assert token not in gateway.log_text()
