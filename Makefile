@@ -37,6 +37,8 @@ test: venv npm
 	$(PY) -m pytest
 
 bench: venv
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; } || \
+		{ echo "make bench needs wrk (Debian/Ubuntu: apt-get install wrk)"; exit 1; }
 	$(PY) bench/run.py
 
 clean:
