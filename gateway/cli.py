@@ -58,6 +58,22 @@ def build_parser() -> argparse.ArgumentParser:
         "gateway in front of them, all on 127.0.0.1, and print a walkthrough.",
     )
     demo.add_argument("--port", type=int, default=8080, help="the gateway's port (default 8080)")
+
+    policy = commands.add_parser("policy", help="work with Cedar policies", description="Work with Cedar policies.")
+    policy_commands = policy.add_subparsers(dest="policy_command", metavar="SUBCOMMAND")
+    explain = policy_commands.add_parser(
+        "explain", help="show why a request would be allowed or denied",
+        description="Evaluate one JSON-RPC request for a token with the given claims, offline, and print the "
+        "decision, the deciding policies, the scopes, and the entities and context Cedar saw.",
+        epilog="example:\n  mcp-auth-gateway policy explain --config gateway.yaml \\\n"
+        "      --token-claims alice.json --request call.json\n\n"
+        'alice.json: {"iss": "https://idp.example.com", "sub": "alice", "scope": "mcp", "groups": ["admins"]}\n'
+        'call.json:  {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo", "arguments": {}}}',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_config_argument(explain)
+    explain.add_argument("--token-claims", required=True, metavar="FILE", help="a JSON object: the access token's claims")
+    explain.add_argument("--request", required=True, metavar="FILE", help="a JSON-RPC request (or batch) as a client would POST it")
     return parser
 
 
@@ -78,6 +94,28 @@ def _validate(path: str | None) -> int:
     schema = "validated against the schema" if config.authorization.schema else "no schema given"
     print(f"{config.source}: ok ({policies.policy_count} policies, {schema})")
     return 0
+
+
+def _explain(path: str | None, claims: str, request: str) -> int:
+    import json
+    from pathlib import Path
+
+    from gateway.authz.cedar import PolicyLoadError
+    from gateway.authz.explain import explain
+    from gateway.errors import BadRequest
+
+    try:
+        report = explain(load_config(path), Path(claims), Path(request))
+    except ConfigError as error:
+        return _report(error.problems)
+    except PolicyLoadError as error:
+        return _report(error.problems)
+    except BadRequest as error:
+        return _report([f"{request}: {error.reason}: {error.detail}"])
+    except (OSError, ValueError) as error:
+        return _report([str(error)])
+    print(json.dumps(report, indent=2))
+    return 0 if report["result"] == "allow" else 3
 
 
 def _report(problems: list[str]) -> int:
@@ -116,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         return _validate(args.config)
     if args.command == "serve":
         return _serve(args.config)
+    if args.command == "policy" and args.policy_command == "explain":
+        return _explain(args.config, args.token_claims, args.request)
     if args.command == "demo":
         from gateway.demo.run import run_demo
 

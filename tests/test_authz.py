@@ -406,3 +406,33 @@ async def test_e4_one_audit_event_per_decision_with_the_fields_and_no_token(gate
     assert allow["subject"] == "alice" and allow["client_id"] == "cli" and allow["policies"] == ["search-for-all"]
     assert events[2]["reason"] == "not_a_jwt"
     assert token not in json.dumps(events) and "garbage-token" not in json.dumps(events)
+
+
+# -- explain -------------------------------------------------------------------------------------------------
+
+
+def test_z3_policy_explain_names_the_deciding_policies(tmp_path):
+    root = Path(__file__).parent.parent / "policies"
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"""
+server: {{public_url: https://mcp.example.com/mcp}}
+upstream: {{url: http://127.0.0.1:3000/mcp}}
+resource: {{name: Demo MCP server}}
+auth: {{issuers: [{{issuer: https://idp.example.com}}]}}
+authorization: {{policies: {root}, schema: {root / 'mcp.cedarschema'}, entities: {root / 'entities.json'}}}
+""")
+    claims = tmp_path / "bob.json"
+    claims.write_text(json.dumps({"iss": "https://idp.example.com", "sub": "bob", "scope": "mcp", "groups": ["engineering"]}))
+    request = tmp_path / "call.json"
+    request.write_text(json.dumps(call("delete_records", table="prod_orders")))
+    command = [sys.executable, "-m", "gateway", "policy", "explain", "--config", str(config), "--token-claims", str(claims), "--request", str(request)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 3, result.stderr
+    report = json.loads(result.stdout)
+    assert report["result"] == "deny"
+    [message] = report["messages"]
+    assert set(message["deciding_policies"]) == {"no-deletes-in-production", "sensitive-tools-need-admin-scope"}
+    assert message["request"]["context"]["arguments"] == {"table": "prod_orders"}
+    request.write_text(json.dumps(call("echo", text="hi")))
+    allowed = subprocess.run(command, capture_output=True, text=True)
+    assert allowed.returncode == 0 and json.loads(allowed.stdout)["messages"][0]["deciding_policies"] == ["everyone-may-call-read-only-tools"]
