@@ -190,7 +190,7 @@ async def client_credentials(authorization_server, client_id: str, secret: str, 
     async with aiohttp.ClientSession() as http:
         async with http.post(authorization_server.token_endpoint, data={
             "grant_type": "client_credentials", "resource": resource, "scope": "mcp",
-        }, headers={"Authorization": aiohttp.helpers.BasicAuth(client_id, secret).encode()}) as response:
+        }, headers={"Authorization": aiohttp.encode_basic_auth(client_id, secret)}) as response:
             assert response.status == 200, await response.text()
             return (await response.json())["access_token"]
 
