@@ -28,6 +28,8 @@ from gateway.endpoint import McpEndpoint, log_refusal
 from gateway.errors import GatewayError, NotFound
 from gateway.mcp.sessions import SessionBindings
 from gateway.observe.audit import AuditLog
+from gateway.upstream.credentials import build_credential
+from gateway.upstream.identity import IdentityAssertion, IdentityHeaders
 from gateway.upstream.proxy import UpstreamProxy
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,13 @@ class Gateway:
         self.policies = PolicyStore(config.authorization)
         self.authorizer = Authorizer(self.policies, config.authorization, server_name=config.resource.name or "mcp")
         self.audit = AuditLog(config.audit)
+        self.credential, self.token_endpoint = build_credential(config.upstream.auth)
+        identity: list[IdentityHeaders | IdentityAssertion] = []
+        if config.upstream.identity_headers:
+            identity.append(IdentityHeaders(config.upstream.identity_headers))
+        if config.upstream.identity_assertion is not None:
+            identity.append(IdentityAssertion(config.upstream.identity_assertion,
+                                              issuer=config.server.public_url, audience=config.upstream.url))
         self.endpoint = McpEndpoint(
             config,
             proxy=self.proxy,
@@ -87,6 +96,8 @@ class Gateway:
             origins=OriginPolicy(config.server.allowed_origins),
             authorizer=self.authorizer,
             audit=self.audit,
+            credential=self.credential,
+            identity=identity,
         )
         self._background: list[asyncio.Task[None]] = []
         self._started = False
@@ -117,6 +128,8 @@ class Gateway:
     async def _on_startup(self, app: web.Application) -> None:
         await self.proxy.start()
         await self.jwks.start()
+        if self.token_endpoint is not None:
+            await self.token_endpoint.start()
         if self.introspector is not None:
             await self.introspector.start()
         # T8 warm-up: readiness waits for every issuer's keys; requests meanwhile fetch on demand.
@@ -131,6 +144,8 @@ class Gateway:
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.proxy.close()
         await self.jwks.close()
+        if self.token_endpoint is not None:
+            await self.token_endpoint.close()
         self.audit.close()
         if self.introspector is not None:
             await self.introspector.close()

@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from gateway.auth.authenticator import Authenticator
+from gateway.auth.authenticator import Authenticator, token_hash
 from gateway.auth.bearer import extract_bearer
 from gateway.auth.principal import Principal
 from gateway.auth.scopes import ScopeRequirements
@@ -32,6 +32,8 @@ from gateway.mcp.jsonrpc import Batch, Message, check_routing_headers, parse_bod
 from gateway.mcp.listing import LIST_RESULTS, ListFilter
 from gateway.mcp.sessions import SessionBindings
 from gateway.observe.audit import AuditLog
+from gateway.upstream.credentials import UpstreamCredential
+from gateway.upstream.identity import IdentityAssertion, IdentityHeaders
 from gateway.upstream.proxy import UpstreamProxy, upstream_request_headers
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,7 @@ class _RequestState:
     batch: Batch | None = None
     rpc_id: Any = None  # the id a refusal's JSON-RPC error answers
     audited: bool = False
+    token: str = field(default="", repr=False)  # the client's token: for a token exchange only, never upstream
 
 
 def log_refusal(request: web.Request, error: GatewayError, principal: Principal | None = None) -> None:
@@ -91,6 +94,8 @@ class McpEndpoint:
         origins: OriginPolicy,
         authorizer: Authorizer,
         audit: AuditLog,
+        credential: UpstreamCredential,
+        identity: list[IdentityHeaders | IdentityAssertion],
     ):
         self.config = config
         self.proxy = proxy
@@ -101,7 +106,11 @@ class McpEndpoint:
         self.origins = origins
         self.authorizer = authorizer
         self.audit = audit
-        self._identity_headers = tuple(config.upstream.identity_headers)
+        self.credential = credential
+        self.identity = identity
+        # U1: headers the gateway sets itself are removed from what the client sent, whatever the casing.
+        self._gateway_headers = tuple(config.upstream.identity_headers) + tuple(
+            i.header for i in identity if isinstance(i, IdentityAssertion))
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         state = _RequestState()
@@ -111,8 +120,8 @@ class McpEndpoint:
                 return self._preflight(state.origin)
             if request.method not in MCP_METHODS:
                 raise MethodNotAllowed("method_not_allowed", request.method, allowed=MCP_METHODS)
-            token = extract_bearer(request.headers, request.query, request.headers.get("Content-Type", ""))  # T1
-            state.principal = await self.authenticator.authenticate(token)  # T2-T9
+            state.token = extract_bearer(request.headers, request.query, request.headers.get("Content-Type", ""))  # T1
+            state.principal = await self.authenticator.authenticate(state.token)  # T2-T9
             state.credential_stage = False
             body = None
             if request.method == "POST":  # Z5, Z6
@@ -188,13 +197,18 @@ class McpEndpoint:
             if request.method == "DELETE" and session_id:
                 self.sessions.forget(session_id)
 
+        added = {"X-Request-Id": state.request_id}
+        if principal is not None:
+            for source in self.identity:  # U3
+                added.update(source.headers(principal))
+        added.update(await self.credential.headers(state.token, token_hash(state.token)))  # U2
         headers = upstream_request_headers(
             request.headers,
             remote=request.remote,
             public_url=self.config.server.public_url,
             upstream_host=self.proxy.host,
-            strip=self._identity_headers,
-            add={"X-Request-Id": state.request_id},
+            strip=self._gateway_headers,
+            add=added,
         )
         list_filter = None
         if state.batch is not None and principal is not None:

@@ -1,0 +1,114 @@
+"""U3: telling the upstream who is calling, without giving it the caller's token.
+
+``IdentityHeaders`` turns configured claims into headers (``X-MCP-Subject: sub``); headers of the same
+names sent by the client are removed by the proxy first (U1), so they cannot be spoofed.
+
+``IdentityAssertion`` signs a short-lived JWT with the gateway's own key: ``iss`` is the gateway's
+public URL, ``aud`` the upstream URL, ``sub``, ``client_id``, ``scope`` and ``subject_issuer`` (the
+identity provider that vouched for the caller). Its ``typ`` is ``mcp-identity+jwt`` so it can never be
+mistaken for an access token (RFC 8725 §3.11). The upstream verifies it with the gateway's public key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cachetools import TTLCache
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from gateway.auth.principal import Principal
+from gateway.config import IdentityAssertionConfig
+
+ASSERTION_TYPE = "mcp-identity+jwt"
+MAX_HEADER_VALUE = 1024
+
+
+def claim_value(principal: Principal, claim: str) -> str | None:
+    """A claim as a header value: strings as they are, lists comma-joined, other values as JSON."""
+    standard = {"sub": principal.subject, "iss": principal.issuer, "client_id": principal.client_id,
+                "scope": " ".join(sorted(principal.scopes))}
+    value: Any = standard[claim] if claim in standard else principal.claims.get(claim)
+    if value is None or value == "":
+        return None
+    if isinstance(value, list):
+        text = ",".join(str(v) for v in value)
+    elif isinstance(value, str):
+        text = value
+    else:
+        text = json.dumps(value, separators=(",", ":"))
+    # No CR, LF or other control characters in a header value; bounded length.
+    text = "".join(ch for ch in text if ch >= " " and ch != "\x7f")
+    return text[:MAX_HEADER_VALUE] or None
+
+
+class IdentityHeaders:
+    def __init__(self, mapping: Mapping[str, str]):
+        self.mapping = dict(mapping)  # header -> claim
+
+    def headers(self, principal: Principal) -> dict[str, str]:
+        headers = {}
+        for header, claim in self.mapping.items():
+            value = claim_value(principal, claim)
+            if value is not None:
+                headers[header] = value
+        return headers
+
+
+def _algorithm_for(key: Any) -> str:
+    if isinstance(key, rsa.RSAPrivateKey):
+        return "RS256"
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}[key.curve.name]
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return "EdDSA"
+    raise ValueError("the identity assertion key must be an RSA, EC (P-256/384/521) or Ed25519 private key")
+
+
+def load_signing_key(path: Path) -> tuple[Any, str]:
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    return key, _algorithm_for(key)
+
+
+class IdentityAssertion:
+    def __init__(self, config: IdentityAssertionConfig, *, issuer: str, audience: str, clock: Callable[[], float] = time.time):
+        self.header = config.header
+        self.ttl = config.ttl
+        self.issuer = issuer
+        self.audience = audience
+        self.clock = clock
+        self.key, self.algorithm = load_signing_key(config.key_file)
+        public = self.key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        self.kid = jwt.utils.base64url_encode(hashlib.sha256(public).digest()[:16]).decode()
+        # Signing (RSA especially) costs far more than a lookup: reuse an assertion for half its life.
+        self._cache: TTLCache[tuple[Any, ...], str] = TTLCache(maxsize=10_000, ttl=max(self.ttl / 2, 1.0), timer=clock)
+
+    def headers(self, principal: Principal) -> dict[str, str]:
+        key = (principal.issuer, principal.subject, principal.client_id, tuple(sorted(principal.scopes)))
+        assertion = self._cache.get(key)
+        if assertion is None:
+            assertion = self.sign(principal)
+            self._cache[key] = assertion
+        return {self.header: assertion}
+
+    def sign(self, principal: Principal) -> str:
+        now = int(self.clock())
+        claims = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": principal.subject,
+            "client_id": principal.client_id,
+            "scope": " ".join(sorted(principal.scopes)),
+            "subject_issuer": principal.issuer,
+            "iat": now,
+            "exp": now + int(self.ttl),
+            "jti": secrets.token_urlsafe(12),
+        }
+        return jwt.encode(claims, self.key, algorithm=self.algorithm, headers={"typ": ASSERTION_TYPE, "kid": self.kid})
