@@ -386,6 +386,21 @@ async def test_z6_mcp_name_header_must_match_body(gateway, issuer, upstream):
     assert upstream.received == []
 
 
+async def test_z6_mismatch_carries_header_mismatch_code(gateway, issuer):
+    response = await post(gateway, issuer.mint(), call("search"), **{"Mcp-Method": "tools/call", "Mcp-Name": "drop_table"})
+    assert (await response.json())["error"]["code"] == -32020
+
+
+async def test_z6_base64_encoded_name_is_decoded_before_comparing(gateway, issuer, upstream):
+    import base64
+
+    encoded = "=?base64?" + base64.b64encode("search".encode()).decode() + "?="
+    assert (await post(gateway, issuer.mint(), call("search"), **{"Mcp-Method": "tools/call", "Mcp-Name": encoded})).status == 200
+    other = "=?base64?" + base64.b64encode("drop_table".encode()).decode() + "?="
+    assert (await post(gateway, issuer.mint(), call("search"), **{"Mcp-Method": "tools/call", "Mcp-Name": other})).status == 400
+    assert (await post(gateway, issuer.mint(), call("search"), **{"Mcp-Method": "tools/call", "Mcp-Name": "=?base64?!!?="})).status == 400
+
+
 async def test_z6_matching_headers_pass_and_decision_comes_from_body(gateway, issuer):
     assert (await post(gateway, issuer.mint(), call("search"), **{"Mcp-Method": "tools/call", "Mcp-Name": "search"})).status == 200
 

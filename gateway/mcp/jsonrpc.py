@@ -8,6 +8,8 @@ fails here never reaches the upstream.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +19,8 @@ from typing import Any, Literal
 from gateway.errors import PARSE_ERROR, BadRequest
 
 MessageKind = Literal["request", "notification", "response"]
+
+HEADER_MISMATCH = -32020  # MCP 2026-07-28: a routing header disagrees with the body
 
 # Methods that are never evaluated by policy (Z1): the handshake and liveness.
 UNEVALUATED_METHODS = frozenset({"initialize", "ping"})
@@ -34,12 +38,16 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
 class MalformedMessage(BadRequest):
-    """400 with a JSON-RPC error code fitting the problem (-32700 parse error, -32600 invalid request)."""
+    """400 with a JSON-RPC error code fitting the problem (-32700 parse error, -32600 invalid request,
+    -32020 header mismatch)."""
 
-    def __init__(self, reason: str, detail: str, *, parse_error: bool = False):
-        super().__init__(reason, detail, message="Parse error" if parse_error else "Invalid JSON-RPC request")
+    def __init__(self, reason: str, detail: str, *, parse_error: bool = False, header_mismatch: bool = False):
+        message = "Parse error" if parse_error else "Header mismatch" if header_mismatch else "Invalid JSON-RPC request"
+        super().__init__(reason, detail, message=message)
         if parse_error:
             self.jsonrpc_code = PARSE_ERROR  # type: ignore[misc]
+        elif header_mismatch:
+            self.jsonrpc_code = HEADER_MISMATCH  # type: ignore[misc]
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,18 +152,32 @@ def parse_body(body: bytes, content_type: str) -> Batch:
     return Batch((_message(document, "message"),))
 
 
+def decode_header_value(value: str) -> str | None:
+    """MCP 2026-07-28: values that are not plain ASCII travel as ``=?base64?<base64 of UTF-8>?=``."""
+    if value.startswith("=?base64?") and value.endswith("?="):
+        try:
+            return base64.b64decode(value[9:-2], validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+    return value
+
+
 def check_routing_headers(batch: Batch, mcp_method: str | None, mcp_name: str | None) -> None:
     """Z6 (MCP 2026-07-28): ``Mcp-Method``/``Mcp-Name``, when sent, must say what the body says.
 
     Decisions are always made from the body; a mismatch means some hop would route or log a different
-    call than the one made, so it is refused.
+    call than the one made, so it is refused (400, JSON-RPC -32020 HeaderMismatch).
     """
     if mcp_method is None and mcp_name is None:
         return
+    if mcp_name is not None:
+        mcp_name = decode_header_value(mcp_name)
+        if mcp_name is None:
+            raise MalformedMessage("routing_header_mismatch", "Mcp-Name is not valid =?base64?...?= text", header_mismatch=True)
     if batch.is_array or len(batch.messages) != 1 or batch.messages[0].method is None:
-        raise MalformedMessage("routing_header_mismatch", "Mcp-Method/Mcp-Name sent with a body that is not one request")
+        raise MalformedMessage("routing_header_mismatch", "Mcp-Method/Mcp-Name sent with a body that is not one request", header_mismatch=True)
     message = batch.messages[0]
     if mcp_method is not None and mcp_method != message.method:
-        raise MalformedMessage("routing_header_mismatch", "Mcp-Method does not match the body's method")
+        raise MalformedMessage("routing_header_mismatch", "Mcp-Method does not match the body's method", header_mismatch=True)
     if mcp_name is not None and mcp_name != message.name:
-        raise MalformedMessage("routing_header_mismatch", "Mcp-Name does not match the body")
+        raise MalformedMessage("routing_header_mismatch", "Mcp-Name does not match the body", header_mismatch=True)

@@ -240,7 +240,9 @@ class UpstreamProxy:
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.IncompleteReadError) as exc:
             log.warning("upstream stream ended abruptly: %s", type(exc).__name__)
         except ConnectionResetError:
-            log.info("client went away during a streamed response")
+            # MCP 2026-07-28: closing a response stream cancels the request, so close the upstream's too.
+            log.info("client went away during a streamed response; closing the upstream stream")
+            upstream.close()
             return
         try:
             await response.write_eof()
