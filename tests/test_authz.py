@@ -116,6 +116,14 @@ async def test_z1_handshake_ping_notifications_and_responses_are_not_evaluated(u
     assert (await post(client, token, rpc("tools/list"))).status == 403
 
 
+async def test_z1_a_call_without_id_is_still_decided(gateway, issuer, upstream):
+    # JSON-RPC calls this a notification, but it names tools/call: a server may well run it.
+    sneaky = {"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "admin_reset", "arguments": {}}}
+    response = await post(gateway, issuer.mint(), sneaky)
+    assert response.status == 403
+    assert upstream.received == []
+
+
 async def test_z1_unknown_methods_are_evaluated_and_denied_by_default(gateway, issuer, upstream):
     assert (await post(gateway, issuer.mint(), rpc("tools/destroy_everything"))).status == 403
     assert upstream.received == []

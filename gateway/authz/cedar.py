@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,8 @@ LIST_CHECKS = {
     "resources/list": ("resources/read", "uri"),
     "resources/templates/list": ("resources/read", "uri"),
 }
+
+_POLICY_ID = re.compile(r"\b(policy\d+)\b")
 
 # Entity types a request builds itself; entities.json may describe them too (merged per request, cedar.md).
 REQUEST_BUILT_TYPES = frozenset({"User", "Tool", "Prompt", "Resource", "Server"})
@@ -367,7 +370,11 @@ class Authorizer:
         annotations = diagnostics.id_annotations_by_reason
         deciding = tuple(policies.label(pid, annotations.get(pid)) for pid in diagnostics.reasons)
         if diagnostics.errors:
-            return Decision(False, "policy_error", deciding, tuple(diagnostics.errors), policies.version)
+            # Name the erroring policies as authors know them (file:line), not by cedarpy's positional ids;
+            # the decision is theirs, not the permit that matched.
+            erring = tuple(dict.fromkeys(policies.label(pid) for e in diagnostics.errors for pid in _POLICY_ID.findall(e)))
+            errors = tuple(_POLICY_ID.sub(lambda m: policies.label(m.group(1)), e) for e in diagnostics.errors)
+            return Decision(False, "policy_error", erring or deciding, errors, policies.version)
         if result.allowed:
             return Decision(True, "allowed", deciding, policy_version=policies.version)
         return Decision(False, "denied_by_policy" if deciding else "no_policy_permits", deciding, policy_version=policies.version)

@@ -22,8 +22,9 @@ MessageKind = Literal["request", "notification", "response"]
 
 HEADER_MISMATCH = -32020  # MCP 2026-07-28: a routing header disagrees with the body
 
-# Methods that are never evaluated by policy (Z1): the handshake and liveness.
-UNEVALUATED_METHODS = frozenset({"initialize", "ping"})
+# Methods that are never evaluated by policy (Z1): the handshake and liveness. MCP 2026-07-28 replaces the
+# initialize handshake with server/discover, which reveals no more than initialize does.
+UNEVALUATED_METHODS = frozenset({"initialize", "ping", "server/discover"})
 
 # Where Mcp-Name's value lives in the body, per method (MCP 2026-07-28 transports).
 NAME_PARAM = {
@@ -66,8 +67,15 @@ class Message:
 
     @property
     def evaluated(self) -> bool:
-        """Z1: requests are authorized, except the handshake; notifications and responses are not."""
-        return self.kind == "request" and self.method not in UNEVALUATED_METHODS
+        """Z1: every message with a method is authorized except initialize, ping and notifications/*.
+
+        The exemption follows the method name, not the missing ``id``: a "notification" named
+        ``tools/call`` is still a tool call to a server that chooses to run it, so it is decided too.
+        Responses sent by the client (no method) pass.
+        """
+        if self.method is None:
+            return False
+        return self.method not in UNEVALUATED_METHODS and not self.method.startswith("notifications/")
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,3 +106,55 @@ async def test_u2_token_exchange_refused_by_the_as_is_502(oauth_gateway, authori
     assert response.status == 502
     assert "WWW-Authenticate" not in response.headers
     assert upstream.received == []
+
+
+# -- the real SDK client and server, across POST, GET (SSE) and DELETE ----------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["static", "client_credentials", "token_exchange"])
+async def test_u2_sdk_server_sees_only_the_configured_credential_on_every_method(
+    kind, aiohttp_server, make_config, authorization_server, recording_upstream, tmp_path,
+):
+    import httpx2
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    from gateway.app import Gateway
+    from tests.conftest import free_port
+
+    port = free_port()
+    public_url = f"http://127.0.0.1:{port}/mcp"
+    auth = {"static": {"type": "static", "value": "Bearer static-upstream-key"},
+            "client_credentials": {"type": "client_credentials", "client_id": "gateway-test", "client_secret": "gateway-secret",
+                                   "token_endpoint": authorization_server.token_endpoint, "resource": recording_upstream.url},
+            "token_exchange": {"type": "token_exchange", "client_id": "gateway-test", "client_secret": "gateway-secret",
+                               "token_endpoint": authorization_server.token_endpoint, "resource": recording_upstream.url}}[kind]
+    config = make_config(recording_upstream.url, server={"public_url": public_url},
+                         auth={"issuers": [{"issuer": authorization_server.issuer}]}, upstream={"auth": auth})
+    gateway = Gateway(config)
+    await aiohttp_server(gateway.create_app(), port=port)
+
+    async with aiohttp.ClientSession() as http:
+        async with http.post(authorization_server.token_endpoint, data={"grant_type": "client_credentials", "resource": public_url, "scope": "mcp"},
+                             headers={"Authorization": aiohttp.encode_basic_auth("gateway-test", "gateway-secret")}) as response:
+            client_token = (await response.json())["access_token"]
+
+    already = len(recording_upstream.requests())
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {client_token}"}, timeout=30) as http:
+        async with streamable_http_client(public_url, http_client=http) as streams:
+            async with ClientSession(streams[0], streams[1]) as session:
+                await session.initialize()
+                result = await session.call_tool("countdown", {"n": 2})  # progress over SSE
+                assert result.content[0].text == "liftoff"
+    seen = recording_upstream.requests()[already:]
+    assert {"POST", "DELETE"} <= {r["method"] for r in seen}
+    credentials = {tuple(r["headers"].get("authorization", [])) for r in seen}
+    assert len(credentials) == 1
+    [(credential,)] = credentials
+    if kind == "static":
+        assert credential == "Bearer static-upstream-key"
+    else:
+        claims = claims_of(credential.removeprefix("Bearer "))
+        assert claims["aud"] == recording_upstream.url
+        assert ("act" in claims) == (kind == "token_exchange")
+    assert client_token not in json.dumps(seen)
