@@ -28,6 +28,7 @@ from gateway.endpoint import McpEndpoint, log_refusal
 from gateway.errors import GatewayError, NotFound
 from gateway.mcp.sessions import SessionBindings
 from gateway.observe.audit import AuditLog
+from gateway.observe.metrics import Metrics, StateCollector, metrics_handler
 from gateway.upstream.credentials import build_credential
 from gateway.upstream.identity import IdentityAssertion, IdentityHeaders
 from gateway.upstream.proxy import UpstreamProxy
@@ -66,7 +67,8 @@ class Gateway:
     def __init__(self, config: Config):
         self.config = config
         self.readiness = Readiness()
-        self.proxy = UpstreamProxy(config.upstream, public_url=config.server.public_url)
+        self.metrics = Metrics()
+        self.proxy = UpstreamProxy(config.upstream, public_url=config.server.public_url, metrics=self.metrics)
         self.jwks = JwksCache(config.auth.issuers, config.auth.jwks)
         self.authenticator = Authenticator(config.auth, config.server.public_url, self.jwks)
         self.introspector = None
@@ -98,7 +100,9 @@ class Gateway:
             audit=self.audit,
             credential=self.credential,
             identity=identity,
+            metrics=self.metrics,
         )
+        self.metrics.collect_state(StateCollector(jwks=self.jwks, introspector=self.introspector, policies=self.policies))
         self._background: list[asyncio.Task[None]] = []
         self._started = False
         self.readiness.add("started", lambda: self._started)
@@ -119,6 +123,7 @@ class Gateway:
         )
         app.router.add_get("/healthz", healthz, allow_head=True)
         app.router.add_get("/readyz", readyz_handler(self.readiness), allow_head=True)
+        app.router.add_get("/metrics", metrics_handler(self.metrics))
         add_metadata_routes(app, self.config)
         app.router.add_route("*", self.config.server.mcp_path, self.endpoint.handle)
         app.on_startup.append(self._on_startup)

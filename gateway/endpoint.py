@@ -32,6 +32,7 @@ from gateway.mcp.jsonrpc import Batch, Message, check_routing_headers, parse_bod
 from gateway.mcp.listing import LIST_RESULTS, ListFilter
 from gateway.mcp.sessions import SessionBindings
 from gateway.observe.audit import AuditLog
+from gateway.observe.metrics import Metrics
 from gateway.upstream.credentials import UpstreamCredential
 from gateway.upstream.identity import IdentityAssertion, IdentityHeaders
 from gateway.upstream.proxy import UpstreamProxy, upstream_request_headers
@@ -64,6 +65,7 @@ class _RequestState:
     credential_stage: bool = True
     principal: Principal | None = None
     batch: Batch | None = None
+    stage: str = "edge"  # where a refusal happened, for the metric label
     rpc_id: Any = None  # the id a refusal's JSON-RPC error answers
     audited: bool = False
     token: str = field(default="", repr=False)  # the client's token: for a token exchange only, never upstream
@@ -96,6 +98,7 @@ class McpEndpoint:
         audit: AuditLog,
         credential: UpstreamCredential,
         identity: list[IdentityHeaders | IdentityAssertion],
+        metrics: Metrics,
     ):
         self.config = config
         self.proxy = proxy
@@ -108,6 +111,7 @@ class McpEndpoint:
         self.audit = audit
         self.credential = credential
         self.identity = identity
+        self.metrics = metrics
         # U1: headers the gateway sets itself are removed from what the client sent, whatever the casing.
         self._gateway_headers = tuple(config.upstream.identity_headers) + tuple(
             i.header for i in identity if isinstance(i, IdentityAssertion))
@@ -120,21 +124,30 @@ class McpEndpoint:
                 return self._preflight(state.origin)
             if request.method not in MCP_METHODS:
                 raise MethodNotAllowed("method_not_allowed", request.method, allowed=MCP_METHODS)
+            state.stage = "credentials"
             state.token = extract_bearer(request.headers, request.query, request.headers.get("Content-Type", ""))  # T1
+            state.stage = "token"
             state.principal = await self.authenticator.authenticate(state.token)  # T2-T9
             state.credential_stage = False
             body = None
             if request.method == "POST":  # Z5, Z6
+                state.stage = "message"
                 body = await read_body(request, self.config.server.max_body_bytes)
                 state.batch = parse_body(body, request.headers.get("Content-Type", ""))
                 check_routing_headers(state.batch, request.headers.get("Mcp-Method"), request.headers.get("Mcp-Name"))
+            state.stage = "scopes"
             self.scopes.check(state.principal, state.batch.messages if state.batch else ())  # T10
             if state.batch is not None:
+                state.stage = "policy"
                 self.authorize(state.principal, state.batch, state)  # Z1-Z3
+            state.stage = "session"
             self.sessions.check(request.headers.get("Mcp-Session-Id"), state.principal)  # U5
-            return await self._forward(request, body, state)  # U1-U4
+            state.stage = "upstream"
+            response = await self._forward(request, body, state)  # U1-U4
         except GatewayError as error:
             return self.refuse(request, error, state)
+        self.metrics.requests.labels("forwarded", str(response.status)).inc()
+        return response
 
     def authorize(self, principal: Principal, batch: Batch, state: _RequestState) -> None:
         """Z1, Z3, Z5: every evaluated message must be allowed; one denial refuses the whole batch."""
@@ -142,6 +155,7 @@ class McpEndpoint:
             if not message.evaluated:
                 continue
             decision = self.authorizer.decide(principal, message)
+            self.metrics.decisions.labels("allow" if decision.allowed else "deny", decision.reason).inc()
             self._audit(state, message, "allow" if decision.allowed else "deny", decision.reason,
                         policies=decision.policies, policy_version=decision.policy_version, errors=decision.errors or None)
             if not decision.allowed:
@@ -168,6 +182,10 @@ class McpEndpoint:
 
     def refuse(self, request: web.Request, error: GatewayError, state: _RequestState) -> web.Response:
         log_refusal(request, error, state.principal)
+        self.metrics.requests.labels("refused", str(error.status)).inc()
+        self.metrics.refusals.labels(state.stage, error.reason).inc()
+        if state.stage == "upstream":
+            self.metrics.upstream_errors.labels(error.reason).inc()
         if not state.audited:
             first = state.batch.messages[0] if state.batch and state.batch.messages else None
             self._audit(state, first, "deny", error.reason)

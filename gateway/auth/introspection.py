@@ -57,6 +57,7 @@ class Introspector:
         self._inflight: dict[bytes, asyncio.Future[Principal]] = {}
         self._session: aiohttp.ClientSession | None = None
         self.calls = 0
+        self.cache_hits = 0
 
     def _expiry(self, key: bytes, value: Principal | Unauthenticated, now: float) -> float:
         if isinstance(value, Unauthenticated):
@@ -74,6 +75,8 @@ class Introspector:
 
     async def introspect(self, token: str, token_hash: bytes) -> Principal:
         cached = self._cache.get(token_hash)
+        if cached is not None:
+            self.cache_hits += 1
         if isinstance(cached, Principal):
             return cached
         if isinstance(cached, Unauthenticated):

@@ -92,6 +92,7 @@ class _IssuerState:
     last_attempt: float = float("-inf")
     last_kid_refetch: float = float("-inf")
     fetches: int = 0
+    fetched_at: float | None = None  # clock time of the last successful fetch
     inflight: asyncio.Task[KeySet] | None = None
 
 
@@ -145,6 +146,10 @@ class JwksCache:
     def ready(self) -> bool:
         """E2: every issuer's keys have been fetched at least once."""
         return all(state.keys is not None for state in self._states.values())
+
+    def states(self) -> dict[str, _IssuerState]:
+        """Per issuer: keys, fetch count and time (read by the metrics collector)."""
+        return dict(self._states)
 
     def fetch_count(self, issuer: str) -> int:
         return self._states[issuer].fetches
@@ -203,6 +208,7 @@ class JwksCache:
             raise
         lifetime = min(max(max_age if max_age is not None else self.config.cache_min, self.config.cache_min), self.config.cache_max)
         state.keys = keys
+        state.fetched_at = self.clock()
         state.expires_at = self.clock() + lifetime
         log.info("fetched %d key(s) for %s, cached for %.0fs", len(keys.keys), state.config.issuer, lifetime)
         return keys

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from urllib.parse import urlsplit
 
@@ -19,6 +20,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from gateway.config import UpstreamConfig
 from gateway.errors import UpstreamError, UpstreamTimeout
 from gateway.mcp.sse import EventSplitter
+from gateway.observe.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +100,9 @@ def is_event_stream(content_type: str | None) -> bool:
 class UpstreamProxy:
     """The one door to the upstream MCP server, over one pooled client session."""
 
-    def __init__(self, config: UpstreamConfig, *, public_url: str):
+    def __init__(self, config: UpstreamConfig, *, public_url: str, metrics: Metrics | None = None):
         self.config = config
+        self.metrics = metrics
         self.public_url = public_url
         self.url = config.url
         self.host = urlsplit(config.url).netloc
@@ -145,6 +148,7 @@ class UpstreamProxy:
         ``application/json`` body and ``transform_event`` each SSE event (Z4 list filtering); without
         them bytes pass untouched, event streams chunk by chunk.
         """
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self.config.response_timeout):
                 upstream = await self.session.request(
@@ -158,6 +162,8 @@ class UpstreamProxy:
             raise UpstreamError("upstream_unreachable", f"cannot connect to {self.host}: {exc.os_error}") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamError("upstream_failed", f"{type(exc).__name__}: {exc}") from exc
+        if self.metrics is not None:
+            self.metrics.upstream_latency.observe(time.perf_counter() - started)
 
         try:
             if upstream.status in (401, 403):
@@ -209,7 +215,13 @@ class UpstreamProxy:
         headers["X-Accel-Buffering"] = "no"  # tell any buffering proxy in front of us not to
         response = web.StreamResponse(status=upstream.status, headers=headers)
         await response.prepare(request)
-        await self._pump(upstream, response, transform_event)
+        if self.metrics is not None:
+            self.metrics.open_streams.inc()
+        try:
+            await self._pump(upstream, response, transform_event)
+        finally:
+            if self.metrics is not None:
+                self.metrics.open_streams.dec()
         return response
 
     async def _pump(

@@ -1,0 +1,80 @@
+"""E2: Prometheus metrics, every one declared here (Envoy's stats.h habit).
+
+Labels are bounded vocabularies only: outcome, HTTP status, reason codes, configured issuers. Never a
+token, a subject, a tool name or anything else a client controls. The auth and policy modules do not
+import prometheus: ``StateCollector`` reads their counters when ``/metrics`` is scraped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+PREFIX = "mcp_gateway"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(f"{PREFIX}_requests", "Requests to the MCP endpoint, by outcome and HTTP status.",
+                                ["outcome", "status"], registry=r)
+        self.refusals = Counter(f"{PREFIX}_refusals", "Refused requests by stage and stable reason code.",
+                                ["stage", "reason"], registry=r)
+        self.decisions = Counter(f"{PREFIX}_policy_decisions", "Cedar decisions on the request path.",
+                                 ["decision", "reason"], registry=r)
+        self.upstream_latency = Histogram(f"{PREFIX}_upstream_response_seconds",
+                                          "Time until the upstream's response headers arrived.", registry=r,
+                                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+        self.upstream_errors = Counter(f"{PREFIX}_upstream_errors", "Upstream failures by reason.", ["reason"], registry=r)
+        self.open_streams = Gauge(f"{PREFIX}_open_streams", "Streamed (SSE) responses being relayed now.", registry=r)
+
+    def collect_state(self, collector: Collector) -> None:
+        self.registry.register(collector)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class StateCollector(Collector):
+    """Reads counters kept by the parts themselves (key cache, introspection, policy store) at scrape time."""
+
+    def __init__(self, *, jwks, introspector, policies, clock: Callable[[], float] = time.monotonic):
+        self.jwks = jwks
+        self.introspector = introspector
+        self.policies = policies
+        self.clock = clock
+
+    def collect(self) -> Iterable:
+        fetches = CounterMetricFamily(f"{PREFIX}_jwks_fetches", "JWKS fetch attempts per issuer.", labels=["issuer"])
+        age = GaugeMetricFamily(f"{PREFIX}_jwks_age_seconds", "Seconds since the issuer's keys were last fetched successfully.", labels=["issuer"])
+        keys = GaugeMetricFamily(f"{PREFIX}_jwks_keys", "Usable signing keys cached per issuer.", labels=["issuer"])
+        for issuer, state in self.jwks.states().items():
+            fetches.add_metric([issuer], state.fetches)
+            if state.fetched_at is not None:
+                age.add_metric([issuer], self.clock() - state.fetched_at)
+            keys.add_metric([issuer], len(state.keys.keys) if state.keys else 0)
+        yield from (fetches, age, keys)
+        if self.introspector is not None:
+            yield CounterMetricFamily(f"{PREFIX}_introspection_calls", "Calls to the introspection endpoint.", value=self.introspector.calls)
+            yield CounterMetricFamily(f"{PREFIX}_introspection_cache_hits", "Introspection answers served from the cache.", value=self.introspector.cache_hits)
+        yield GaugeMetricFamily(f"{PREFIX}_policy_version", "Version of the Cedar policy set in force (1 at start, +1 per reload).", value=self.policies.current.version)
+        yield GaugeMetricFamily(f"{PREFIX}_policy_count", "Cedar policies in force.", value=self.policies.current.policy_count)
+        reloads = CounterMetricFamily(f"{PREFIX}_policy_reloads", "Policy reloads by result.", labels=["result"])
+        reloads.add_metric(["applied"], self.policies.reloads)
+        reloads.add_metric(["refused"], self.policies.failed_reloads)
+        yield reloads
+
+
+def metrics_handler(metrics: Metrics):
+    async def serve_metrics(request: web.Request) -> web.Response:
+        response = web.Response(body=metrics.render())
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    return serve_metrics
