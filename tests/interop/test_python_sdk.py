@@ -238,3 +238,52 @@ async def test_t11_interop_gateway_log_has_no_tokens(gateway, authorization_serv
     await mcp_post(public_url, token, {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "admin_reset"}})
     await mcp_post(public_url, token + "x", {"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
     assert token not in gateway.log_text()
+
+
+# -- client credentials, and both protocol revisions --------------------------------------------------------
+
+
+def client_credentials_provider(public_url: str, authorization_server):
+    from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
+
+    return ClientCredentialsOAuthProvider(
+        public_url, MemoryTokenStorage(), "gateway-test", "gateway-secret",
+        scope="mcp", issuer=authorization_server.issuer,
+    )
+
+
+async def run_modal_client(public_url: str, provider, mode: str):
+    from mcp import Client
+
+    async with httpx2.AsyncClient(auth=provider, timeout=30) as http:
+        async with Client(streamable_http_client(public_url, http_client=http), mode=mode) as client:
+            tools = await client.list_tools()
+            echoed = await client.call_tool("echo", {"text": f"mode {mode}"})
+            return [t.name for t in tools.tools], echoed.content[0].text
+
+
+async def test_t2_interop_python_sdk_client_credentials(gateway, authorization_server, recording_upstream, public_url):
+    provider = client_credentials_provider(public_url, authorization_server)
+    tools, echoed = await run_modal_client(public_url, provider, "legacy")
+    assert sorted(tools) == ["add", "countdown", "echo"] and echoed == "mode legacy"
+    assert_token_never_reached_upstream(recording_upstream, provider.context.current_tokens.access_token)
+
+
+@pytest.mark.parametrize(("mode", "revision"), [("legacy", "2025-11-25"), ("2026-07-28", "2026-07-28"), ("auto", "2026-07-28")])
+async def test_z6_interop_both_protocol_revisions_pass_through(mode, revision, gateway, authorization_server, recording_upstream, public_url):
+    """2025-11-25 (initialize, sessions, GET stream, DELETE) and 2026-07-28 (stateless, Mcp-Method/Mcp-Name)."""
+    already = len(recording_upstream.requests())
+    provider = client_credentials_provider(public_url, authorization_server)
+    tools, echoed = await run_modal_client(public_url, provider, mode)
+    assert "echo" in tools and echoed == f"mode {mode}"
+    seen = recording_upstream.requests()[already:]
+    calls = [r for r in seen if r["method"] == "POST" and "mcp-method" in r["headers"]]
+    if revision == "2026-07-28":
+        assert calls and all(r["headers"]["mcp-protocol-version"] == ["2026-07-28"] for r in calls)
+        assert not any("mcp-session-id" in r["headers"] for r in seen)
+        assert {"tools/call"} <= {r["headers"]["mcp-method"][0] for r in calls}
+        assert any(r["headers"].get("mcp-name") == ["echo"] for r in calls)
+    else:
+        assert any("mcp-session-id" in r["headers"] for r in seen)
+        assert not calls
+    assert_token_never_reached_upstream(recording_upstream, provider.context.current_tokens.access_token)
