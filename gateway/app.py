@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import signal
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -34,31 +36,60 @@ from gateway.upstream.identity import IdentityAssertion, IdentityHeaders
 from gateway.upstream.proxy import UpstreamProxy
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("gateway.access")
+
+# Probes and scrapes are not worth a log line each.
+QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def request_id_of(request: web.Request) -> str:
+    """The caller's X-Request-Id when it is a plain token (so it cannot forge log lines), else a new one."""
+    given = request.headers.get("X-Request-Id", "")
+    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
 @web.middleware
-async def refuse_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turns every refusal into its answer, and every surprise into a 500: fail closed, log why."""
+async def observe_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One access log line per request, with its request id; every surprise becomes a 500 (fail closed)."""
     started = time.perf_counter()
+    request["request_id"] = request_id_of(request)
+    status = 500
     try:
         response = await handler(request)
+        status = response.status
+        return response
     except GatewayError as error:
         log_refusal(request, error)
+        status = error.status
         return error_response(error)
     except web.HTTPException as exc:
+        status = exc.status
         if exc.status == 404:
             return error_response(NotFound("no_route", request.path))
         raise
     except asyncio.CancelledError:
+        status = 499  # the client went away, or the gateway is stopping
         raise
     except Exception:
         log.exception("unexpected error on %s %s; refused", request.method, request.path)
         return error_response(GatewayError("internal_error"))
-    log.debug("%s %s -> %s in %.1f ms", request.method, request.path, response.status,
-              (time.perf_counter() - started) * 1000)
-    return response
+    finally:
+        if request.path not in QUIET_PATHS:
+            access_log.info(
+                "%s %s %d", request.method, request.path, status,
+                extra={"fields": {"request_id": request["request_id"], "method": request.method, "path": request.path,
+                                  "status": status, "duration_ms": round((time.perf_counter() - started) * 1000, 3)}},
+            )
+
+
+async def add_request_id_header(request: web.Request, response: web.StreamResponse) -> None:
+    if "request_id" in request:
+        response.headers["X-Request-Id"] = request["request_id"]
 
 
 class Gateway:
@@ -117,7 +148,7 @@ class Gateway:
 
     def create_app(self) -> web.Application:
         app = web.Application(
-            middlewares=[refuse_errors],
+            middlewares=[observe_requests],
             client_max_size=self.config.server.max_body_bytes + 1,
             handler_args={"max_field_size": 16 * 1024},
         )
@@ -126,6 +157,7 @@ class Gateway:
         app.router.add_get("/metrics", metrics_handler(self.metrics))
         add_metadata_routes(app, self.config)
         app.router.add_route("*", self.config.server.mcp_path, self.endpoint.handle)
+        app.on_response_prepare.append(add_request_id_header)
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)
         return app
@@ -174,6 +206,10 @@ async def serve(config: Config, *, ready: Callable[[str], None] | None = None) -
     try:
         await stop.wait()
     finally:
+        # E3: stop being ready at once (Kubernetes stops routing here), close the standalone GET streams
+        # (MCP clients reopen them elsewhere), let in-flight calls finish within the grace, then exit.
         gateway.readiness.shutting_down = True
-        log.info("shutting down; draining for up to %gs", config.server.shutdown_grace)
+        log.info("shutting down; in-flight requests get up to %gs", config.server.shutdown_grace)
+        gateway.proxy.close_standalone_streams()
         await runner.cleanup()
+        log.info("stopped")

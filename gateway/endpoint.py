@@ -59,7 +59,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 class _RequestState:
     """What one request has learned so far; only for answering it."""
 
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # replaced by the access middleware's
     started: float = field(default_factory=time.perf_counter)
     origin: str | None = None
     credential_stage: bool = True
@@ -72,10 +72,11 @@ class _RequestState:
 
 
 def log_refusal(request: web.Request, error: GatewayError, principal: Principal | None = None) -> None:
+    # No subject or other claim value here (house rule); the audit event carries who it was.
     fields: dict[str, Any] = {"status": error.status, "reason": error.reason, "detail": error.detail,
-                              "method": request.method, "path": request.path}
+                              "method": request.method, "path": request.path, "request_id": request.get("request_id")}
     if principal is not None:
-        fields.update(issuer=principal.issuer, subject=principal.subject)
+        fields["issuer"] = principal.issuer
     log.log(
         logging.ERROR if error.status >= 500 else logging.INFO,
         "refused %s %s with %d: %s: %s", request.method, request.path, error.status, error.reason, error.detail,
@@ -118,6 +119,7 @@ class McpEndpoint:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         state = _RequestState()
+        state.request_id = request.get("request_id", state.request_id)
         try:
             state.origin = self.origins.check(request.headers.get("Origin"))  # E1
             if request.method == "OPTIONS":

@@ -107,6 +107,7 @@ class UpstreamProxy:
         self.url = config.url
         self.host = urlsplit(config.url).netloc
         self._session: aiohttp.ClientSession | None = None
+        self._standalone_streams: set[aiohttp.ClientResponse] = set()  # GET streams, closed first at shutdown
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=1024, enable_cleanup_closed=True)
@@ -123,6 +124,11 @@ class UpstreamProxy:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    def close_standalone_streams(self) -> None:
+        """E3: end every open GET stream cleanly (its client reconnects); calls in flight go on."""
+        for upstream in list(self._standalone_streams):
+            upstream.close()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -180,7 +186,12 @@ class UpstreamProxy:
             if extra_headers:
                 response_headers.update(extra_headers)
             if is_event_stream(upstream.headers.get("Content-Type")):
-                return await self._relay_event_stream(request, upstream, response_headers, transform_event)
+                if request.method == "GET":
+                    self._standalone_streams.add(upstream)
+                try:
+                    return await self._relay_event_stream(request, upstream, response_headers, transform_event)
+                finally:
+                    self._standalone_streams.discard(upstream)
             if transform_json is not None and upstream.headers.get("Content-Type", "").startswith("application/json"):
                 payload = transform_json(await upstream.read())
                 return web.Response(status=upstream.status, headers=response_headers, body=payload)
