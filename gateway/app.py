@@ -26,7 +26,7 @@ from gateway.edge.metadata import add_metadata_routes
 from gateway.edge.origin import OriginPolicy
 from gateway.edge.health import Readiness, healthz, readyz_handler
 from gateway.edge.responses import error_response
-from gateway.endpoint import McpEndpoint, log_refusal
+from gateway.endpoint import REQUEST_ID, McpEndpoint, log_refusal
 from gateway.errors import GatewayError, NotFound
 from gateway.mcp.sessions import SessionBindings
 from gateway.observe.audit import AuditLog
@@ -57,7 +57,7 @@ def request_id_of(request: web.Request) -> str:
 async def observe_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
     """One access log line per request, with its request id; every surprise becomes a 500 (fail closed)."""
     started = time.perf_counter()
-    request["request_id"] = request_id_of(request)
+    request[REQUEST_ID] = request_id_of(request)
     status = 500
     try:
         response = await handler(request)
@@ -82,14 +82,14 @@ async def observe_requests(request: web.Request, handler: Handler) -> web.Stream
         if request.path not in QUIET_PATHS:
             access_log.info(
                 "%s %s %d", request.method, request.path, status,
-                extra={"fields": {"request_id": request["request_id"], "method": request.method, "path": request.path,
+                extra={"fields": {"request_id": request[REQUEST_ID], "method": request.method, "path": request.path,
                                   "status": status, "duration_ms": round((time.perf_counter() - started) * 1000, 3)}},
             )
 
 
 async def add_request_id_header(request: web.Request, response: web.StreamResponse) -> None:
-    if "request_id" in request:
-        response.headers["X-Request-Id"] = request["request_id"]
+    if REQUEST_ID in request:
+        response.headers["X-Request-Id"] = request[REQUEST_ID]
 
 
 class Gateway:

@@ -39,6 +39,9 @@ from gateway.upstream.proxy import UpstreamProxy, upstream_request_headers
 
 log = logging.getLogger(__name__)
 
+# Set by the access middleware in gateway.app (declared here so the endpoint does not import the app).
+REQUEST_ID = web.RequestKey("request_id", str)
+
 MCP_METHODS = ("POST", "GET", "DELETE")
 
 
@@ -74,7 +77,7 @@ class _RequestState:
 def log_refusal(request: web.Request, error: GatewayError, principal: Principal | None = None) -> None:
     # No subject or other claim value here (house rule); the audit event carries who it was.
     fields: dict[str, Any] = {"status": error.status, "reason": error.reason, "detail": error.detail,
-                              "method": request.method, "path": request.path, "request_id": request.get("request_id")}
+                              "method": request.method, "path": request.path, "request_id": request.get(REQUEST_ID)}
     if principal is not None:
         fields["issuer"] = principal.issuer
     log.log(
@@ -119,7 +122,7 @@ class McpEndpoint:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         state = _RequestState()
-        state.request_id = request.get("request_id", state.request_id)
+        state.request_id = request.get(REQUEST_ID, state.request_id)
         try:
             state.origin = self.origins.check(request.headers.get("Origin"))  # E1
             if request.method == "OPTIONS":
