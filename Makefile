@@ -6,8 +6,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 NODE_STAMP := tests/interop/node_modules/.installed-stamp
+TOOLS  := .venv-tools
+TOOLS_STAMP := $(TOOLS)/.installed-stamp
 
-.PHONY: run test bench venv npm clean help
+.PHONY: run test bench venv npm tools clean help
 
 help:
 	@echo "make run    set up and run the gateway on its embedded demo (127.0.0.1)"
@@ -30,10 +32,21 @@ $(NODE_STAMP): tests/interop/package.json tests/interop/package-lock.json
 
 npm: $(NODE_STAMP)
 
+# Linters and scanners for deploy/ live in their own environment so they never pin the gateway's packages.
+$(TOOLS_STAMP): deploy/requirements-tools.txt
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --upgrade pip
+	$(TOOLS)/bin/python -m pip install --quiet -r deploy/requirements-tools.txt
+	@command -v kubectl >/dev/null || { apt-get update -qq && apt-get install -y -qq kubernetes-client; } || \
+		{ echo "the deployment tests need kubectl (Debian: apt-get install kubernetes-client)"; exit 1; }
+	@touch $@
+
+tools: $(TOOLS_STAMP)
+
 run: venv
 	$(VENV)/bin/mcp-auth-gateway demo
 
-test: venv npm
+test: venv npm tools
 	$(PY) -m pytest
 
 bench: venv
@@ -42,4 +55,4 @@ bench: venv
 	$(PY) bench/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache tests/interop/node_modules
+	rm -rf $(VENV) $(TOOLS) .pytest_cache tests/interop/node_modules
