@@ -245,7 +245,25 @@ def write_report(path: Path, results: list[Measurement], costs: dict[str, float]
         lines.append("")
     lines += ["## Costs inside the gateway, per request (in-process, one core)", "", "| step | µs |", "|---|---:|"]
     lines += [f"| {name} | {value:,.1f} |" for name, value in costs.items()]
-    lines += ["", "The policies used:", "", "```cedar", POLICIES.rstrip(), "```", ""]
+    lines += [
+        "",
+        "## Reading these numbers",
+        "",
+        "- The plain aiohttp proxy is the floor for any aiohttp gateway: reading the request, one pooled",
+        "  client request upstream, relaying the answer. Everything the gateway costs above it is in the table",
+        "  just above, plus the per-request bookkeeping (request id, access line, audit event, metrics).",
+        "- A token's signature is checked once; afterwards the verified-token cache answers in a few µs.",
+        "- The Cedar decision is the largest single step on the request path: cedarpy parses the request's",
+        "  entities and context (JSON) and evaluates every policy. Policies and static entities are parsed once",
+        "  per load, never per request (see architecture.md's budget).",
+        "- List filtering without the decision cache costs one Cedar decision per listed item; with the cache",
+        "  (per principal attributes, policy version and item) a 500-tool list costs look-ups and one JSON",
+        "  rewrite. The first `tools/list` after a policy change or for a new principal pays the full price.",
+        "- All processes share two cores with wrk, so the ratios understate what a dedicated core would show;",
+        "  compare runs made on the same machine.",
+        "",
+        "The policies used:", "", "```cedar", POLICIES.rstrip(), "```", "",
+    ]
     path.write_text("\n".join(lines))
 
 
