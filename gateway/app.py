@@ -191,7 +191,12 @@ class Gateway:
 async def serve(config: Config, *, ready: Callable[[str], None] | None = None) -> None:
     """Run the gateway until SIGTERM or SIGINT, then drain within ``server.shutdown_grace`` (E3)."""
     gateway = Gateway(config)
-    runner = web.AppRunner(gateway.create_app(), access_log=None, shutdown_timeout=config.server.shutdown_grace)
+    runner = web.AppRunner(
+        gateway.create_app(), access_log=None, shutdown_timeout=config.server.shutdown_grace,
+        # A client that goes away cancels its request: an idle SSE stream would otherwise hold its upstream
+        # connection until the upstream next writes (and MCP 2026-07-28 makes closing a stream a cancel).
+        handler_cancellation=True,
+    )
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port)
     await site.start()

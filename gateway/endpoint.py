@@ -27,9 +27,9 @@ from gateway.config import Config
 from gateway.edge.challenge import Challenges
 from gateway.edge.origin import OriginPolicy
 from gateway.edge.responses import error_response
-from gateway.errors import Forbidden, GatewayError, MethodNotAllowed, PayloadTooLarge
+from gateway.errors import BadRequest, Forbidden, GatewayError, MethodNotAllowed, PayloadTooLarge
 from gateway.mcp.jsonrpc import Batch, Message, check_routing_headers, parse_body
-from gateway.mcp.listing import LIST_RESULTS, ListFilter
+from gateway.mcp.listing import LIST_METHODS, ListFilter
 from gateway.mcp.sessions import SessionBindings
 from gateway.observe.audit import AuditLog
 from gateway.observe.metrics import Metrics
@@ -146,7 +146,10 @@ class McpEndpoint:
                 state.stage = "policy"
                 self.authorize(state.principal, state.batch, state)  # Z1-Z3
             state.stage = "session"
-            self.sessions.check(request.headers.get("Mcp-Session-Id"), state.principal)  # U5
+            session_ids = request.headers.getall("Mcp-Session-Id", [])
+            if len(session_ids) > 1:
+                raise BadRequest("multiple_session_ids", f"{len(session_ids)} Mcp-Session-Id headers")
+            self.sessions.check(session_ids[0] if session_ids else None, state.principal)  # U5
             state.stage = "upstream"
             response = await self._forward(request, body, state)  # U1-U4
         except GatewayError as error:
@@ -233,11 +236,11 @@ class McpEndpoint:
             strip=self._gateway_headers,
             add=added,
         )
-        list_filter = None
-        if state.batch is not None and principal is not None:
-            list_calls = {m.id: m.method for m in state.batch.messages if m.kind == "request" and m.method in LIST_RESULTS}
-            if list_calls:
-                list_filter = ListFilter(list_calls, self.authorizer.item_check(principal))
+        if body is not None:
+            headers["Content-Type"] = "application/json"  # exactly what was parsed: no charset games (Z5)
+        # Z4 on every answer, POST and GET: a resumed stream replays earlier list results too.
+        lists_asked = state.batch is not None and any(m.method in LIST_METHODS for m in state.batch.messages)
+        list_filter = ListFilter(self.authorizer.item_check(principal), strict=lists_asked) if principal is not None else None
         return await self.proxy.forward(
             request,
             body=body,
@@ -246,4 +249,5 @@ class McpEndpoint:
             on_response=on_response,
             transform_json=list_filter.filter_json_body if list_filter else None,
             transform_event=list_filter.filter_event if list_filter else None,
+            require_transform=lists_asked,
         )

@@ -185,6 +185,7 @@ async def test_z1_argument_conditions_with_integers_and_booleans(upstream, start
     assert (await post(client, token, call("transfer", amount=101, dry_run=False))).status == 403
     assert (await post(client, token, call("transfer", amount=5, dry_run=True))).status == 403
     assert (await post(client, token, call("transfer", amount="5", dry_run=False))).status == 403
+    assert (await post(client, token, call("transfer", amount=101.0, dry_run=False))).status == 403  # 101.0 is 101
 
 
 async def test_z1_arguments_cannot_smuggle_entity_references(upstream, start_gateway, tmp_path, issuer):

@@ -241,14 +241,15 @@ def test_z4_example_per_tool_allow_lists_lists_differ_by_group():
     ({"database": "prod_main", "limit": 100}, False),   # like "analytics_*"
     ({"database": "analytics_web", "limit": 5000}, False),
     ({"database": "analytics_web"}, False),             # no limit: `has` is false
-    ({"database": "analytics_web", "limit": 100.0}, False),  # a float arrives as a String: evaluation error, denied
+    ({"database": "analytics_web", "limit": 100.0}, True),  # a whole-number float is the Long 100
+    ({"database": "analytics_web", "limit": 100.5}, False),  # a fraction arrives as a String: evaluation error, denied
 ])
 def test_z1_example_argument_conditions_strings_and_integers(arguments, allowed):
     assert decide("argument-conditions", claims(), call("run_query", **arguments)).allowed is allowed
 
 
 def test_z1_example_argument_conditions_float_is_a_policy_error():
-    decision = decide("argument-conditions", claims(), call("run_query", database="analytics_web", limit=100.0))
+    decision = decide("argument-conditions", claims(), call("run_query", database="analytics_web", limit=100.5))
     assert decision.reason == "policy_error" and decision.errors
 
 

@@ -106,3 +106,38 @@ async def test_e3_calls_still_running_at_the_end_of_the_grace_are_cut_and_exit_i
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 10) == 0
     assert time.monotonic() - started < 5
+
+
+async def test_u4_a_client_leaving_an_idle_stream_ends_the_relay(tmp_path, issuer, upstream):
+    """Without handler cancellation an abandoned idle stream would hold its upstream connection until the
+    upstream next wrote something; now the relay ends (and closes the upstream response) at once."""
+
+    async def idle_stream(request: web.Request, received: Received) -> web.StreamResponse:
+        response = await start_sse(request)
+        await response.write(b": open\n\n")
+        await asyncio.sleep(30)
+        return response
+
+    async def open_streams(http: aiohttp.ClientSession, url: str) -> float:
+        async with http.get(f"{url}/metrics") as response:
+            text = await response.text()
+        return float(next(line.split()[-1] for line in text.splitlines() if line.startswith("mcp_gateway_open_streams ")))
+
+    upstream.behaviour = idle_stream
+    process, url = await start_process(tmp_path, issuer, upstream.url)
+    try:
+        async with aiohttp.ClientSession() as plain:
+            async with aiohttp.ClientSession(headers=bearer(issuer.mint())) as http:
+                stream = await http.get(f"{url}/mcp", headers={"Accept": "text/event-stream"})
+                await stream.content.readuntil(b"\n\n")
+                assert await open_streams(plain, url) == 1
+                stream.close()  # the client goes away without a word
+            for _ in range(50):
+                if await open_streams(plain, url) == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert await open_streams(plain, url) == 0
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 10) == 0
+    assert '"status": 499' in (tmp_path / "gateway.log").read_text()

@@ -18,6 +18,7 @@ _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 MAX_TOKEN_BYTES = 8 * 1024
 
 QUERY_TOKEN_PARAMETERS = ("access_token",)
+KNOWN_SCHEMES = frozenset({"basic", "digest", "dpop", "negotiate", "ntlm", "hoba", "mutual", "aws4-hmac-sha256"})
 
 
 def extract_bearer(headers: MultiMapping[str], query: Mapping[str, str], content_type: str = "") -> str:
@@ -34,8 +35,10 @@ def extract_bearer(headers: MultiMapping[str], query: Mapping[str, str], content
     scheme, _, token = values[0].strip().partition(" ")
     if scheme.lower() != "bearer":
         # Another scheme (Basic, DPoP, ...) is not a credential here: answer as if none was sent, so the
-        # client starts discovery from the challenge.
-        raise Unauthenticated("unsupported_scheme", f"Authorization scheme {scheme[:20]!r}", token_sent=False)
+        # client starts discovery from the challenge. Only a known scheme name is logged: a header without
+        # a space is all credential (an API key pasted without "Bearer").
+        named = scheme.lower() if scheme.lower() in KNOWN_SCHEMES else "other"
+        raise Unauthenticated("unsupported_scheme", f"Authorization scheme {named}", token_sent=False)
     token = token.strip()
     if not token:
         raise BadRequest("empty_bearer", "Bearer with no token")

@@ -21,6 +21,7 @@ from urllib.parse import quote
 import aiohttp
 from cachetools import TLRUCache
 
+from gateway.auth.jwks import FetchError, read_capped
 from gateway.auth.jwt import IssuerRules, canonical_url
 from gateway.auth.principal import Principal, principal_from_claims
 from gateway.config import IntrospectionConfig
@@ -119,9 +120,10 @@ class Introspector:
             async with self._session.post(endpoint, data=form, headers=headers) as response:
                 if response.status != 200:
                     raise VerifierUnavailable("introspection_failed", f"{endpoint} answered {response.status}")
-                body = await response.content.read(MAX_RESPONSE_BYTES + 1)
-                if len(body) > MAX_RESPONSE_BYTES:
-                    raise VerifierUnavailable("introspection_failed", f"{endpoint}: answer too large")
+                try:
+                    body = await read_capped(response.content, MAX_RESPONSE_BYTES)
+                except FetchError as exc:
+                    raise VerifierUnavailable("introspection_failed", f"{endpoint}: {exc}") from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise VerifierUnavailable("introspection_unavailable", f"{endpoint}: {type(exc).__name__}") from exc
         try:

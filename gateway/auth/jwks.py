@@ -66,6 +66,16 @@ async def fetch_json(session: aiohttp.ClientSession, url: str, *, timeout: float
     return document, float(match.group(1)) if match else None
 
 
+async def read_capped(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The whole body, however it was split on the wire, refusing more than ``limit`` bytes."""
+    body = bytearray()
+    async for chunk in content.iter_chunked(16 * 1024):
+        body += chunk
+        if len(body) > limit:
+            raise FetchError(f"answer larger than {limit} bytes")
+    return bytes(body)
+
+
 def metadata_urls(issuer: str) -> list[str]:
     """T8 / RFC 8414 §3.1: where an issuer's metadata may be, in the order they are tried.
 
@@ -125,8 +135,11 @@ class JwksCache:
     async def keys(self, issuer: str) -> KeySet:
         """The issuer's current keys: cached while fresh, refetched when stale, stale kept on failure."""
         state = self._states[issuer]
-        if state.keys is not None and self.clock() < state.expires_at:
-            return state.keys
+        if self.clock() < state.expires_at and state.inflight is None:
+            if state.keys is not None:
+                return state.keys
+            # The last fetch failed and the cool-down runs: forged tokens must not make us fetch per request.
+            raise VerifierUnavailable("jwks_unavailable", f"no keys for {issuer} (retrying after the cool-down)")
         return await self._refresh_or_keep(state)
 
     async def keys_after_unknown_kid(self, issuer: str) -> KeySet:

@@ -104,19 +104,27 @@ def parse_jwks(document: Any, allowed_algorithms: Iterable[str]) -> KeySet:
     return KeySet(tuple(keys))
 
 
+_NEVER_MATCHES = "\x00not a usable URL"
+
+
 def canonical_url(value: str) -> str:
     """T4: scheme and host lower-case, default port dropped, empty path as ``/``, no fragment.
 
     Values that are not http(s) URLs (``api://x``, plain names) are compared as they are.
     """
-    parts = urlsplit(value)
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        return value
+    try:
+        parts = urlsplit(value)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            return value
+        port = parts.port  # raises ValueError for a port out of range
+    except ValueError:
+        return _NEVER_MATCHES
+    if parts.username is not None or parts.password is not None:
+        return _NEVER_MATCHES  # https://user@host/mcp is not this resource, whatever follows the @
     scheme = parts.scheme.lower()
     host = parts.hostname.lower()
     if ":" in host:
         host = f"[{host}]"
-    port = parts.port
     netloc = host if port is None or (scheme, port) in (("http", 80), ("https", 443)) else f"{host}:{port}"
     return urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
 

@@ -43,7 +43,13 @@ def cedar_value(value: Any) -> Any:
     if isinstance(value, int):
         return value if LONG_MIN <= value <= LONG_MAX else str(value)
     if isinstance(value, float):
-        return str(value) if math.isfinite(value) else None
+        if not math.isfinite(value):
+            return None
+        # 1.0 and 1e0 are the number 1 to every JSON reader the upstream may use, so they are a Long here
+        # too; otherwise `forbid ... when { context.arguments.account == 1 }` could be dodged with 1.0.
+        if value.is_integer() and LONG_MIN <= value <= LONG_MAX:
+            return int(value)
+        return str(value)
     if isinstance(value, list):
         return [converted for item in value if (converted := cedar_value(item)) is not None]
     if isinstance(value, Mapping):

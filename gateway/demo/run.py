@@ -130,7 +130,7 @@ async def run(port: int) -> None:
         await _start(issuer.create_app(issuer_url), issuer_port),
     ]
     config = demo_config(gateway_port=port, upstream_port=upstream_port, issuer_url=issuer_url)
-    gateway_runner = web.AppRunner(Gateway(config).create_app(), access_log=None)
+    gateway_runner = web.AppRunner(Gateway(config).create_app(), access_log=None, handler_cancellation=True)
     await gateway_runner.setup()
     try:
         await web.TCPSite(gateway_runner, "127.0.0.1", port).start()

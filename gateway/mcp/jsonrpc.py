@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -108,13 +109,20 @@ def _reject_constant(name: str) -> Any:
     raise MalformedMessage("non_json_number", f"{name} is not JSON", parse_error=True)
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: Python says inf, other parsers something else
+        raise MalformedMessage("non_finite_number", "a number is too large to represent", parse_error=True)
+    return value
+
+
 def loads_strict(body: bytes) -> Any:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise MalformedMessage("not_utf8", "body is not UTF-8", parse_error=True) from exc
     try:
-        return json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+        return json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant, parse_float=_finite_float)
     except MalformedMessage:
         raise
     except (ValueError, RecursionError) as exc:
@@ -149,14 +157,26 @@ def _message(obj: Any, where: str) -> Message:
 
 def parse_body(body: bytes, content_type: str) -> Batch:
     """Z5: the messages of one POST body, or ``MalformedMessage``."""
-    media_type = content_type.split(";", 1)[0].strip().lower()
+    media_type, _, parameters = content_type.partition(";")
+    media_type = media_type.strip().lower()
     if media_type != "application/json":
         raise MalformedMessage("wrong_content_type", f"Content-Type {media_type[:50]!r} is not application/json")
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            # The body is judged as UTF-8; a server that honoured another charset (utf-7!) would read
+            # different JSON than the policy saw. The upstream always gets plain application/json.
+            raise MalformedMessage("unsupported_charset", f"charset {value.strip()[:20]!r} (only utf-8)")
     document = loads_strict(body)
     if isinstance(document, list):
         if not document:
             raise MalformedMessage("empty_batch", "empty batch")
-        return Batch(tuple(_message(item, f"element {i}") for i, item in enumerate(document)), is_array=True)
+        batch = Batch(tuple(_message(item, f"element {i}") for i, item in enumerate(document)), is_array=True)
+        ids = [m.id for m in batch.messages if m.kind == "request"]
+        if len(ids) != len(set(map(repr, ids))):
+            # Answers are matched to requests by id; two requests with one id could be answered crosswise.
+            raise MalformedMessage("duplicate_request_id", "two requests in one batch share an id")
+        return batch
     return Batch((_message(document, "message"),))
 
 

@@ -1,16 +1,19 @@
 """Z4: list results filtered to what the caller may use, in JSON bodies and SSE events alike.
 
-``ListFilter`` is made per request that lists something. It rewrites only the JSON-RPC responses whose
-``id`` answers one of that request's list calls, keeps every other field (``nextCursor`` and the rest of
-the pagination pass unchanged), and fails closed: a JSON body it cannot read becomes a 502, an SSE event
-it cannot read is dropped, an item without a name is dropped.
+A ``ListFilter`` is applied to every answer the gateway relays, POST and GET alike, and recognises a
+list result by its shape (``result.tools``, ``result.prompts``, ``result.resources``,
+``result.resourceTemplates``), not by which request it seems to answer: ids can repeat across a batch,
+and a resumed GET stream (``Last-Event-ID``) replays answers to earlier requests. Every other field,
+``nextCursor`` and the rest of the pagination included, passes unchanged, and answers without a list
+pass byte for byte. It fails closed: a JSON body it cannot read becomes a 502, an SSE event it cannot
+read is dropped, an item without a name is dropped.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from gateway.errors import UpstreamError
@@ -18,62 +21,80 @@ from gateway.mcp.sse import Event, format_event, parse_event
 
 log = logging.getLogger(__name__)
 
-# list method -> (result key, item key naming the item)
+# result key -> (the list method it answers, the item key naming each item)
 LIST_RESULTS = {
-    "tools/list": ("tools", "name"),
-    "prompts/list": ("prompts", "name"),
-    "resources/list": ("resources", "uri"),
-    "resources/templates/list": ("resourceTemplates", "uriTemplate"),
+    "tools": ("tools/list", "name"),
+    "prompts": ("prompts/list", "name"),
+    "resources": ("resources/list", "uri"),
+    "resourceTemplates": ("resources/templates/list", "uriTemplate"),
 }
+LIST_METHODS = frozenset(method for method, _ in LIST_RESULTS.values())
+# Cheap pre-check: bytes without any of these keys cannot hold a list result, whatever their shape.
+_MARKERS = tuple(f'"{key}"'.encode() for key in LIST_RESULTS)
 
 ItemCheck = Callable[[str, str], bool]  # (list method, item name) -> may the caller use it?
 
 
 class ListFilter:
-    def __init__(self, list_calls: Mapping[Any, str], allowed: ItemCheck):
-        self.list_calls = dict(list_calls)  # JSON-RPC id -> list method
+    """``strict``: the request asked for a list, so every frame is parsed and an unreadable one fails closed.
+    Otherwise frames that cannot hold a list key (none of its names, no ``\\u`` escape that could spell
+    one) pass without being parsed."""
+
+    def __init__(self, allowed: ItemCheck, *, strict: bool = False):
         self.allowed = allowed
+        self.strict = strict
         self.removed = 0
 
+    def _may_hold_a_list(self, raw: bytes) -> bool:
+        return self.strict or b"\\u" in raw or any(marker in raw for marker in _MARKERS)
+
     def filter_message(self, message: Any) -> Any:
-        if not isinstance(message, dict) or "method" in message:
-            return message  # requests and notifications from the server pass
-        method = self.list_calls.get(message.get("id")) if isinstance(message.get("id"), (str, int)) else None
-        result = message.get("result")
-        if method is None or not isinstance(result, dict):
+        """The message with every list in its result filtered; the same object when nothing was removed."""
+        if not isinstance(message, dict) or "method" in message or not isinstance(message.get("result"), dict):
             return message
-        key, name_key = LIST_RESULTS[method]
-        items = result.get(key)
-        if not isinstance(items, list):
-            return message
-        kept = [
-            item for item in items
-            if isinstance(item, dict) and isinstance(item.get(name_key), str) and self.allowed(method, item[name_key])
-        ]
-        self.removed += len(items) - len(kept)
-        return {**message, "result": {**result, key: kept}}
+        result = message["result"]
+        filtered = result
+        for key, (method, name_key) in LIST_RESULTS.items():
+            items = result.get(key)
+            if not isinstance(items, list):
+                continue
+            kept = [
+                item for item in items
+                if isinstance(item, dict) and isinstance(item.get(name_key), str) and self.allowed(method, item[name_key])
+            ]
+            if len(kept) != len(items):
+                self.removed += len(items) - len(kept)
+                filtered = {**filtered, key: kept}
+        return message if filtered is result else {**message, "result": filtered}
 
     def filter_json_body(self, body: bytes) -> bytes:
+        if not self._may_hold_a_list(body):
+            return body
         try:
             document = json.loads(body)
         except ValueError as exc:
-            raise UpstreamError("upstream_unreadable_list", "a list response body is not JSON") from exc
+            raise UpstreamError("upstream_unreadable_list", "a response body is not JSON while filtering lists") from exc
         if isinstance(document, list):
-            return json.dumps([self.filter_message(m) for m in document]).encode()
-        return json.dumps(self.filter_message(document)).encode()
+            filtered_list = [self.filter_message(m) for m in document]
+            changed = any(a is not b for a, b in zip(filtered_list, document, strict=True))
+            return json.dumps(filtered_list).encode() if changed else body
+        filtered = self.filter_message(document)
+        return body if filtered is document else json.dumps(filtered).encode()
 
     def filter_event(self, raw: bytes) -> bytes | None:
+        if not self._may_hold_a_list(raw):
+            return raw
         try:
             event = parse_event(raw)
         except UnicodeDecodeError:
-            log.warning("dropped an SSE event that is not UTF-8 while filtering a list")
+            log.warning("dropped an SSE event that is not UTF-8 while filtering lists")
             return None
         if not event.data:
-            return raw  # comments, retry hints, keep-alives
+            return raw
         try:
             message = json.loads(event.data)
         except ValueError:
-            log.warning("dropped an SSE event whose data is not JSON while filtering a list")
+            log.warning("dropped an SSE event whose data is not JSON while filtering lists")
             return None
         filtered = self.filter_message(message)
         if filtered is message:

@@ -20,6 +20,7 @@ class EventSplitter:
     def __init__(self, max_event_bytes: int = 16 * 1024 * 1024):
         self._buffer = b""
         self._max = max_event_bytes
+        self._started = False
 
     @property
     def pending(self) -> bool:
@@ -27,6 +28,10 @@ class EventSplitter:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         self._buffer += chunk
+        if not self._started and len(self._buffer) >= 3:
+            self._started = True
+            if self._buffer.startswith(b"\xef\xbb\xbf"):  # WHATWG: a leading BOM is not part of the stream
+                self._buffer = self._buffer[3:]
         events = []
         start = 0
         for match in _EVENT_END.finditer(self._buffer):

@@ -26,6 +26,7 @@ from urllib.parse import quote
 import aiohttp
 from cachetools import TLRUCache
 
+from gateway.auth.jwks import FetchError, read_capped
 from gateway.config import UpstreamAuthConfig
 from gateway.errors import UpstreamError
 
@@ -113,8 +114,10 @@ class TokenEndpoint:
         data = {k: v for k, v in form.items() if v}
         try:
             async with self._session.post(self.url, data=data, headers={"Authorization": self._authorization, "Accept": "application/json"}) as response:
-                body = await response.content.read(MAX_TOKEN_RESPONSE_BYTES)
+                body = await read_capped(response.content, MAX_TOKEN_RESPONSE_BYTES)
                 status = response.status
+        except FetchError as exc:
+            raise UpstreamError("upstream_credential_failed", f"{self.url}: {exc}") from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamError("upstream_credential_failed", f"{self.url}: {type(exc).__name__}") from exc
         try:

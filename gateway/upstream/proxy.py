@@ -35,6 +35,8 @@ HOP_BY_HOP_HEADERS = frozenset({
 CLIENT_ONLY_REQUEST_HEADERS = frozenset({
     "authorization", "cookie", "proxy-authorization",
     "host", "content-length", "accept-encoding",
+    # aiohttp has already decoded a compressed request body; the upstream gets the plain bytes.
+    "content-encoding",
     "forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port",
     "x-real-ip",
 })
@@ -43,6 +45,9 @@ CLIENT_ONLY_REQUEST_HEADERS = frozenset({
 # an upstream challenge concerns the gateway's own credentials (U4), never the client.
 UPSTREAM_ONLY_RESPONSE_HEADERS = frozenset({
     "content-length", "content-encoding", "set-cookie", "www-authenticate", "server", "date",
+    # CORS is the gateway's decision (E1), never the upstream's.
+    "access-control-allow-origin", "access-control-allow-credentials", "access-control-allow-headers",
+    "access-control-allow-methods", "access-control-expose-headers", "access-control-max-age",
 })
 
 def connection_named_headers(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
@@ -71,8 +76,9 @@ def upstream_request_headers(
     """
     dropped = HOP_BY_HOP_HEADERS | CLIENT_ONLY_REQUEST_HEADERS | connection_named_headers(client_headers)
     dropped |= {name.lower() for name in strip}
+    # X_MCP_Subject is X-MCP-Subject to CGI/WSGI-style servers: compare with underscores as dashes.
     headers: CIMultiDict[str] = CIMultiDict(
-        (name, value) for name, value in client_headers.items() if name.lower() not in dropped
+        (name, value) for name, value in client_headers.items() if name.lower().replace("_", "-") not in dropped
     )
     public = urlsplit(public_url)
     headers["Host"] = upstream_host
@@ -95,6 +101,10 @@ def client_response_headers(upstream_headers: CIMultiDictProxy[str]) -> CIMultiD
 
 def is_event_stream(content_type: str | None) -> bool:
     return bool(content_type) and content_type.split(";", 1)[0].strip().lower() == "text/event-stream"
+
+
+def is_json(content_type: str | None) -> bool:
+    return bool(content_type) and content_type.split(";", 1)[0].strip().lower() == "application/json"
 
 
 class UpstreamProxy:
@@ -146,6 +156,7 @@ class UpstreamProxy:
         on_response: Callable[[int, CIMultiDictProxy[str]], None] | None = None,
         transform_json: Callable[[bytes], bytes] | None = None,
         transform_event: Callable[[bytes], bytes | None] | None = None,
+        require_transform: bool = False,
     ) -> web.StreamResponse:
         """Send the request upstream and relay the answer.
 
@@ -192,12 +203,21 @@ class UpstreamProxy:
                     return await self._relay_event_stream(request, upstream, response_headers, transform_event)
                 finally:
                     self._standalone_streams.discard(upstream)
-            if transform_json is not None and upstream.headers.get("Content-Type", "").startswith("application/json"):
-                payload = transform_json(await upstream.read())
+            if transform_json is not None and is_json(upstream.headers.get("Content-Type")):
+                try:
+                    payload = transform_json(await upstream.read())
+                except aiohttp.ClientError as exc:
+                    raise UpstreamError("upstream_broken", f"{type(exc).__name__}: {exc}") from exc
                 return web.Response(status=upstream.status, headers=response_headers, body=payload)
+            if transform_json is not None and require_transform and 200 <= upstream.status < 300 and upstream.status != 202:
+                # A list was asked for and the answer is neither JSON nor SSE: it cannot be filtered (Z4).
+                raise UpstreamError("upstream_unreadable_list", f"list answer with Content-Type {upstream.headers.get('Content-Type')!r}")
             return await self._relay_body(request, upstream, response_headers)
         finally:
-            upstream.release()
+            if upstream.content.is_eof():
+                upstream.release()  # read to the end: the connection can serve the next request
+            else:
+                upstream.close()  # cut short (client gone, error): never reuse a half-read connection
 
     async def _relay_body(
         self, request: web.Request, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str]
@@ -222,7 +242,7 @@ class UpstreamProxy:
         headers: CIMultiDict[str],
         transform_event: Callable[[bytes], bytes | None] | None,
     ) -> web.StreamResponse:
-        headers["Cache-Control"] = "no-cache"
+        headers.setdefault("Cache-Control", "no-cache")
         headers["X-Accel-Buffering"] = "no"  # tell any buffering proxy in front of us not to
         response = web.StreamResponse(status=upstream.status, headers=headers)
         await response.prepare(request)
@@ -267,6 +287,9 @@ class UpstreamProxy:
             log.info("client went away during a streamed response; closing the upstream stream")
             upstream.close()
             return
+        except asyncio.CancelledError:
+            upstream.close()  # the client went away (handler cancellation) or the gateway is stopping
+            raise
         try:
             await response.write_eof()
         except ConnectionResetError:
