@@ -187,13 +187,13 @@ def in_process_costs(config_path: Path, token: str) -> dict[str, float]:
 
     def filter_cold():
         fresh = Authorizer(store, config.authorization, server_name="bench")
-        ListFilter({2: "tools/list"}, fresh.item_check(principal)).filter_json_body(tools_body)
+        ListFilter(lambda: fresh.item_check(principal), strict=True).filter_json_body(tools_body)
 
     costs["filtering a 500-tool list, no decision cache"] = per_call(filter_cold, 5)
     warm = Authorizer(store, config.authorization, server_name="bench")
-    ListFilter({2: "tools/list"}, warm.item_check(principal)).filter_json_body(tools_body)
+    ListFilter(lambda: warm.item_check(principal), strict=True).filter_json_body(tools_body)
     costs["filtering a 500-tool list, decision cache warm"] = per_call(
-        lambda: ListFilter({2: "tools/list"}, warm.item_check(principal)).filter_json_body(tools_body), 50)
+        lambda: ListFilter(lambda: warm.item_check(principal), strict=True).filter_json_body(tools_body), 50)
     return costs
 
 

@@ -40,10 +40,16 @@ class ListFilter:
     Otherwise frames that cannot hold a list key (none of its names, no ``\\u`` escape that could spell
     one) pass without being parsed."""
 
-    def __init__(self, allowed: ItemCheck, *, strict: bool = False):
-        self.allowed = allowed
+    def __init__(self, make_check: Callable[[], ItemCheck], *, strict: bool = False):
+        self._make_check = make_check  # built on the first list found: most answers hold none
+        self._allowed: ItemCheck | None = None
         self.strict = strict
         self.removed = 0
+
+    def allowed(self, method: str, name: str) -> bool:
+        if self._allowed is None:
+            self._allowed = self._make_check()
+        return self._allowed(method, name)
 
     def _may_hold_a_list(self, raw: bytes) -> bool:
         return self.strict or b"\\u" in raw or any(marker in raw for marker in _MARKERS)
