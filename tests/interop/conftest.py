@@ -135,6 +135,26 @@ def recording_upstream(tmp_path_factory) -> Iterator[RecordingUpstream]:
     stop(process)
 
 
+def interop_gateway_config(*, port: int, public_url: str, issuer: str, upstream_url: str, policies: Path,
+                           name: str = "Interop MCP server") -> dict:
+    """The gateway configuration the client interop tests share: scopes mcp / mcp.admin (admin_* tools need
+    mcp.admin), introspection for opaque tokens, the policies in ``policies``, audit to a file beside them."""
+    return {
+        "server": {"host": "127.0.0.1", "port": port, "public_url": public_url},
+        "upstream": {"url": upstream_url},
+        "resource": {"name": name, "scopes_supported": ["mcp", "mcp.admin"]},
+        "auth": {
+            "issuers": [{"issuer": issuer}],
+            "required_scopes": ["mcp"],
+            "tool_scopes": {"admin_*": ["mcp.admin"]},
+            "introspection": {"client_id": "gateway-introspect", "client_secret": "introspect-secret"},
+        },
+        "authorization": {"policies": str(policies)},
+        "logging": {"level": "info", "format": "json"},
+        "audit": {"file": str(policies / "audit.jsonl")},
+    }
+
+
 @dataclass
 class GatewayProcess:
     url: str

@@ -32,7 +32,7 @@ import pytest
 from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
-from tests.interop.conftest import HERE, free_port, stop
+from tests.interop.conftest import HERE, free_port, interop_gateway_config, stop
 from tests.interop.test_python_sdk import POLICIES
 
 MCP_REMOTE = HERE / "node_modules" / "mcp-remote"
@@ -75,20 +75,9 @@ def remote_gateway(start_gateway_process, authorization_server, recording_upstre
     public_url = f"http://127.0.0.1:{port}/mcp"
     policies = tmp_path_factory.mktemp("mcp-remote-policies")
     (policies / "interop.cedar").write_text(POLICIES)
-    gateway = start_gateway_process({
-        "server": {"host": "127.0.0.1", "port": port, "public_url": public_url},
-        "upstream": {"url": recording_upstream.url},
-        "resource": {"name": "Interop MCP server", "scopes_supported": ["mcp", "mcp.admin"]},
-        "auth": {
-            "issuers": [{"issuer": authorization_server.issuer}],
-            "required_scopes": ["mcp"],
-            "tool_scopes": {"admin_*": ["mcp.admin"]},
-            "introspection": {"client_id": "gateway-introspect", "client_secret": "introspect-secret"},
-        },
-        "authorization": {"policies": str(policies)},
-        "logging": {"level": "info", "format": "json"},
-        "audit": {"file": str(policies / "audit.jsonl")},
-    }, port=port)
+    gateway = start_gateway_process(interop_gateway_config(
+        port=port, public_url=public_url, issuer=authorization_server.issuer,
+        upstream_url=recording_upstream.url, policies=policies), port=port)
     yield RemoteGateway(url=public_url, log=gateway.log)
     stop(gateway.process)
 

@@ -20,6 +20,8 @@ from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientMetadata
 
+from tests.interop.conftest import interop_gateway_config
+
 POLICIES = """\
 @id("everyone-may-list")
 permit (principal, action in [Action::"tools/list", Action::"prompts/list", Action::"resources/list"], resource);
@@ -40,20 +42,9 @@ REDIRECT_URI = "http://localhost:3030/callback"
 def gateway(start_gateway_process, authorization_server, recording_upstream, gateway_port, public_url, tmp_path_factory):
     policies = tmp_path_factory.mktemp("policies")
     (policies / "interop.cedar").write_text(POLICIES)
-    return start_gateway_process({
-        "server": {"host": "127.0.0.1", "port": gateway_port, "public_url": public_url},
-        "upstream": {"url": recording_upstream.url},
-        "resource": {"name": "Interop MCP server", "scopes_supported": ["mcp", "mcp.admin"]},
-        "auth": {
-            "issuers": [{"issuer": authorization_server.issuer}],
-            "required_scopes": ["mcp"],
-            "tool_scopes": {"admin_*": ["mcp.admin"]},
-            "introspection": {"client_id": "gateway-introspect", "client_secret": "introspect-secret"},
-        },
-        "authorization": {"policies": str(policies)},
-        "logging": {"level": "info", "format": "json"},
-        "audit": {"file": str(policies / "audit.jsonl")},
-    })
+    return start_gateway_process(interop_gateway_config(
+        port=gateway_port, public_url=public_url, issuer=authorization_server.issuer,
+        upstream_url=recording_upstream.url, policies=policies))
 
 
 class MemoryTokenStorage:

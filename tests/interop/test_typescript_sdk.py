@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.interop.conftest import HERE, free_port, stop
+from tests.interop.conftest import HERE, free_port, interop_gateway_config, stop
 from tests.interop.test_python_sdk import POLICIES, assert_token_never_reached_upstream, decoded_claims
 
 SCRIPT = HERE / "typescript_client.mjs"
@@ -42,20 +42,9 @@ def ts_public_url(ts_port: int) -> str:
 def ts_gateway(start_gateway_process, authorization_server, recording_upstream, ts_port, ts_public_url, tmp_path_factory):
     policies = tmp_path_factory.mktemp("ts-policies")
     (policies / "interop.cedar").write_text(POLICIES)
-    gateway = start_gateway_process({
-        "server": {"host": "127.0.0.1", "port": ts_port, "public_url": ts_public_url},
-        "upstream": {"url": recording_upstream.url},
-        "resource": {"name": "Interop MCP server (TypeScript SDK)", "scopes_supported": ["mcp", "mcp.admin"]},
-        "auth": {
-            "issuers": [{"issuer": authorization_server.issuer}],
-            "required_scopes": ["mcp"],
-            "tool_scopes": {"admin_*": ["mcp.admin"]},
-            "introspection": {"client_id": "gateway-introspect", "client_secret": "introspect-secret"},
-        },
-        "authorization": {"policies": str(policies)},
-        "logging": {"level": "info", "format": "json"},
-        "audit": {"file": str(policies / "audit.jsonl")},
-    }, port=ts_port)
+    gateway = start_gateway_process(interop_gateway_config(
+        port=ts_port, public_url=ts_public_url, issuer=authorization_server.issuer,
+        upstream_url=recording_upstream.url, policies=policies, name="Interop MCP server (TypeScript SDK)"), port=ts_port)
     yield gateway
     stop(gateway.process)
 
