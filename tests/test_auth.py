@@ -604,3 +604,11 @@ async def test_u5_same_subject_from_another_issuer_is_another_principal(upstream
     client = await start_gateway(upstream.url, authenticated=False, auth={"issuers": [{"issuer": issuer.url}, {"issuer": second.url}]})
     session = (await post(client, issuer.mint(sub="alice"))).headers["Mcp-Session-Id"]
     assert (await post(client, second.mint(sub="alice"), CALL, **{"Mcp-Session-Id": session})).status == 404
+
+
+@pytest.mark.parametrize("claim", ["client_id", "azp", "cid", "appid"])
+def test_t3_client_id_is_read_from_each_providers_claim(claim):
+    from gateway.auth.principal import principal_from_claims
+
+    claims = {"iss": "https://idp", "sub": "alice", claim: "the-client"}
+    assert principal_from_claims(claims, token_type="jwt").client_id == "the-client"

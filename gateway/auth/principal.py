@@ -11,6 +11,8 @@ TokenKind = Literal["jwt", "introspected"]
 
 # Claims that become attributes of their own; everything else is kept in `claims` (shared/design/cedar.md).
 STANDARD_CLAIMS = frozenset({"sub", "iss", "client_id", "azp", "scope", "scp"})
+# Where identity providers put the OAuth client's id: RFC 9068 client_id, OIDC azp, Okta cid, Entra v1 appid.
+CLIENT_ID_CLAIMS = ("client_id", "azp", "cid", "appid")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,7 +43,7 @@ def scopes_of(claims: Mapping[str, Any]) -> frozenset[str]:
 
 
 def principal_from_claims(claims: Mapping[str, Any], *, token_type: TokenKind) -> Principal:
-    client_id = claims.get("client_id") or claims.get("azp") or ""
+    client_id = next((claims[c] for c in CLIENT_ID_CLAIMS if isinstance(claims.get(c), str) and claims[c]), "")
     exp = claims.get("exp")
     return Principal(
         issuer=str(claims.get("iss", "")),
