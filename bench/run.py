@@ -54,6 +54,7 @@ when { context.arguments has database && context.arguments.database == "prod" };
 """
 
 CALL = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "tool_0", "arguments": {"text": "hello"}}}
+DISTINCT_CALL = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "tool_0", "arguments": {"text": "hello __N__"}}}
 LIST = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
 
 
@@ -121,9 +122,15 @@ def _ms(text: str) -> float:
 
 
 def run_wrk(url: str, body: dict, headers: dict[str, str], *, seconds: int, connections: int, workdir: Path) -> tuple[float, float, float]:
+    """``body`` may contain the string "__N__", replaced by a per-request counter (distinct requests)."""
     script = workdir / "request.lua"
-    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(json.dumps(body))}"]
+    text = json.dumps(body)
+    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(text)}"]
     lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()]
+    if "__N__" in text:
+        prefix, suffix = text.split("__N__", 1)
+        lines += ["counter = 0", "request = function()", "  counter = counter + 1",
+                  f"  return wrk.format(nil, nil, nil, {json.dumps(prefix)} .. counter .. {json.dumps(suffix)})", "end"]
     script.write_text("\n".join(lines) + "\n")
     output = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
@@ -180,20 +187,32 @@ def in_process_costs(config_path: Path, token: str) -> dict[str, float]:
     costs["strict JSON-RPC parse of a tools/call"] = per_call(lambda: parse_body(body, "application/json"), 5000)
     store = PolicyStore(config.authorization)
     authorizer = Authorizer(store, config.authorization, server_name="bench")
+    fresh_messages = iter([
+        parse_body(json.dumps({**CALL, "params": {"name": "tool_0", "arguments": {"text": f"t{i}"}}}).encode(), "application/json").messages[0]
+        for i in range(2000)
+    ])
+    costs["Cedar decision, fresh (new arguments)"] = per_call(lambda: authorizer.decide(principal, next(fresh_messages)), 2000)
     message = parse_body(body, "application/json").messages[0]
-    costs["Cedar decision on the request path"] = per_call(lambda: authorizer.decide(principal, message), 2000)
+    costs["Cedar decision, repeated request (decision cache)"] = per_call(lambda: authorizer.decide(principal, message), 2000)
     tools_body = json.dumps({"jsonrpc": "2.0", "id": 2, "result": {"tools": [
         {"name": f"tool_{i}", "inputSchema": {"type": "object"}} for i in range(500)]}}).encode()
 
     def filter_cold():
         fresh = Authorizer(store, config.authorization, server_name="bench")
-        ListFilter(lambda: fresh.item_check(principal), strict=True).filter_json_body(tools_body)
+        ListFilter(lambda scope: fresh.item_check(principal, scope), strict=True).filter_json_body(tools_body)
 
-    costs["filtering a 500-tool list, no decision cache"] = per_call(filter_cold, 5)
+    costs["filtering a 500-tool list, no cache"] = per_call(filter_cold, 5)
     warm = Authorizer(store, config.authorization, server_name="bench")
-    ListFilter(lambda: warm.item_check(principal), strict=True).filter_json_body(tools_body)
+    ListFilter(lambda scope: warm.item_check(principal, scope), strict=True).filter_json_body(tools_body)
     costs["filtering a 500-tool list, decision cache warm"] = per_call(
-        lambda: ListFilter(lambda: warm.item_check(principal), strict=True).filter_json_body(tools_body), 50)
+        lambda: ListFilter(lambda scope: warm.item_check(principal, scope), strict=True).filter_json_body(tools_body), 50)
+
+    def filter_memo():
+        ListFilter(lambda scope: warm.item_check(principal, scope), strict=True,
+                   scope=lambda: warm.listing_scope(principal), memo=warm.filtered_lists).filter_json_body(tools_body)
+
+    filter_memo()
+    costs["filtering a 500-tool list, same list again (filtered-answer cache)"] = per_call(filter_memo, 200)
     return costs
 
 
@@ -234,7 +253,11 @@ def write_report(path: Path, results: list[Measurement], costs: dict[str, float]
         " required scope `mcp`, audit events on (stdout, discarded), log level warning",
         "",
     ]
-    for scenario, title in (("call", "A small JSON-RPC call (`tools/call`)"), ("list", "`tools/list` of 500 tools (the gateway filters it, Z4)")):
+    for scenario, title in (
+        ("call", "A small JSON-RPC call (`tools/call`), the same call repeated"),
+        ("distinct", "A small `tools/call` with different arguments every time (no decision is reused)"),
+        ("list", "`tools/list` of 500 tools (the gateway filters it, Z4)"),
+    ):
         rows = [r for r in results if r.scenario == scenario]
         direct = next((r for r in rows if r.target == "upstream directly"), None)
         lines += [f"## {title}", "", "| target | requests/s | p50 ms | p99 ms | throughput vs direct | p50 vs direct |", "|---|---:|---:|---:|---:|---:|"]
@@ -255,10 +278,14 @@ def write_report(path: Path, results: list[Measurement], costs: dict[str, float]
         "- A token's signature is checked once; afterwards the verified-token cache answers in a few µs.",
         "- The Cedar decision is the largest single step on the request path: cedarpy parses the request's",
         "  entities and context (JSON) and evaluates every policy. Policies and static entities are parsed once",
-        "  per load, never per request (see architecture.md's budget).",
-        "- List filtering without the decision cache costs one Cedar decision per listed item; with the cache",
-        "  (per principal attributes, policy version and item) a 500-tool list costs look-ups and one JSON",
-        "  rewrite. The first `tools/list` after a policy change or for a new principal pays the full price.",
+        "  per load, never per request (see architecture.md's budget). A decision is a pure function of the",
+        "  policy version, the entities and the request, so identical requests reuse it (bounded cache): the",
+        "  repeated-call row shows that path, the distinct-arguments row the cost of a fresh decision.",
+        "- List filtering without caches costs one Cedar decision per listed item. With the decision cache (per",
+        "  principal attributes, policy version and item) a 500-tool list costs look-ups plus a JSON parse and",
+        "  rewrite; when the upstream sends the same list bytes again (the usual case), the filtered answer",
+        "  itself is reused (per caller attributes, policy version and a hash of the bytes). The first",
+        "  `tools/list` after a policy change or for a new principal pays the full price.",
         "- All processes share two cores with wrk, so the ratios understate what a dedicated core would show;",
         "  compare runs made on the same machine.",
         "",
@@ -321,7 +348,7 @@ def main() -> None:
             ("mcp-auth-gateway", public_url, {**base_headers, "Authorization": f"Bearer {token}"}),
         ]
         results: list[Measurement] = []
-        for scenario, body in (("call", CALL), ("list", LIST)):
+        for scenario, body in (("call", CALL), ("distinct", DISTINCT_CALL), ("list", LIST)):
             for _, url, headers in targets:  # warm-up: connections, caches, JIT-free but cache-warm
                 run_wrk(url, body, headers, seconds=1, connections=args.connections, workdir=work)
             samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name, _, _ in targets}

@@ -240,7 +240,14 @@ class McpEndpoint:
             headers["Content-Type"] = "application/json"  # exactly what was parsed: no charset games (Z5)
         # Z4 on every answer, POST and GET: a resumed stream replays earlier list results too.
         lists_asked = state.batch is not None and any(m.method in LIST_METHODS for m in state.batch.messages)
-        list_filter = ListFilter(lambda: self.authorizer.item_check(principal), strict=lists_asked) if principal is not None else None
+        list_filter = None
+        if principal is not None:
+            list_filter = ListFilter(
+                lambda scope: self.authorizer.item_check(principal, scope),
+                strict=lists_asked,
+                scope=lambda: self.authorizer.listing_scope(principal),
+                memo=self.authorizer.filtered_lists,
+            )
         return await self.proxy.forward(
             request,
             body=body,

@@ -460,3 +460,20 @@ authorization: {{policies: {root}, schema: {root / 'mcp.cedarschema'}, entities:
     request.write_text(json.dumps(call("echo", text="hi")))
     allowed = subprocess.run(command, capture_output=True, text=True)
     assert allowed.returncode == 0 and json.loads(allowed.stdout)["messages"][0]["deciding_policies"] == ["everyone-may-call-read-only-tools"]
+
+
+async def test_z4_reused_filtered_lists_never_cross_callers_or_policy_versions(gateway, issuer, tmp_path):
+    async def names(token):
+        body = await (await post(gateway, token, rpc("tools/list"))).json()
+        return [t["name"] for t in body["result"]["tools"]]
+
+    user, admin = issuer.mint(sub="u"), issuer.mint(sub="a", groups=["admins"])
+    for _ in range(2):  # interleaved, so the second round is served from the filtered-answer cache
+        assert await names(user) == ["search"]
+        assert await names(admin) == ["search", "drop_table", "admin_reset"]
+    store = gateway.gateway.policies
+    policy_file = next(store.config.policies.glob("*.cedar"))
+    policy_file.write_text(POLICIES + '\npermit (principal, action == Action::"tools/call", resource == Tool::"drop_table");\n')
+    os.utime(policy_file, ns=(1, 10**18))
+    assert store.reload_if_changed()
+    assert await names(user) == ["search", "drop_table"]

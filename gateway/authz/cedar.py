@@ -309,18 +309,28 @@ class CedarRequest:
 
 
 class Authorizer:
-    def __init__(self, store: PolicyStore, config: AuthorizationConfig, *, server_name: str, list_cache_size: int = 100_000):
+    def __init__(self, store: PolicyStore, config: AuthorizationConfig, *, server_name: str,
+                 list_cache_size: int = 100_000, decision_cache_size: int = 50_000):
         self.store = store
         self.group_claims = tuple(config.group_claims)
         self.server_name = server_name
         # Z4: listing decisions per (principal attributes, policy version, item): a list of hundreds of
         # tools costs hundreds of decisions once, then dictionary look-ups.
         self._list_cache: TTLCache[tuple[Any, ...], bool] = TTLCache(maxsize=list_cache_size, ttl=300)
+        # Whole decisions by a hash of everything they read (bounded; entries also age out).
+        self._decisions: TTLCache[bytes, Decision] = TTLCache(maxsize=decision_cache_size, ttl=300)
+        # Filtered list answers by (listing scope, hash of the upstream's bytes): servers answer tools/list
+        # with the same bytes again and again, and the same caller then gets the same filtered bytes.
+        self.filtered_lists: TTLCache[tuple[bytes, bytes], bytes | None] = TTLCache(maxsize=10_000, ttl=300)
 
-    def item_check(self, principal: Principal) -> Callable[[str, str], bool]:
-        """For Z4: may ``principal`` use the item ``name`` that a ``list_method`` answer lists?"""
+    def listing_scope(self, principal: Principal) -> bytes:
+        """What list filtering depends on besides the list itself: the caller's attributes and the policies."""
         entity = principal_entity(principal, self.group_claims)
-        principal_key = hashlib.sha256(json.dumps([entity, principal.token_type], sort_keys=True).encode()).digest()
+        return hashlib.sha256(json.dumps([entity, principal.token_type, self.store.current.version], sort_keys=True).encode()).digest()
+
+    def item_check(self, principal: Principal, scope: bytes | None = None) -> Callable[[str, str], bool]:
+        """For Z4: may ``principal`` use the item ``name`` that a ``list_method`` answer lists?"""
+        principal_key = scope or self.listing_scope(principal)
         version = self.store.current.version
 
         def allowed(list_method: str, name: str) -> bool:
@@ -358,8 +368,19 @@ class Authorizer:
 
     def evaluate(self, request: CedarRequest) -> Decision:
         policies = self.store.current
+        delta = json.dumps(request.entities)
+        # A decision is a pure function of the policy set (its version covers schema and static entities),
+        # the request's entities and the request itself: identical inputs may share one evaluation.
+        key = hashlib.sha256(f"{policies.version}\x00{delta}\x00{json.dumps(request.as_request())}".encode()).digest()
+        cached = self._decisions.get(key)
+        if cached is not None:
+            return cached
+        decision = self._evaluate(policies, request, delta)
+        self._decisions[key] = decision
+        return decision
+
+    def _evaluate(self, policies: LoadedPolicies, request: CedarRequest, delta: str) -> Decision:
         try:
-            delta = json.dumps(request.entities)
             # Cloning a base entity set costs more than parsing a few entities (bench/run.py measures it),
             # so the base handle is used only when entities.json gave one.
             entities = policies.base_entities.with_added_json_str(delta) if policies.base_entities is not None else delta

@@ -11,9 +11,10 @@ read is dropped, an item without a name is dropped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from gateway.errors import UpstreamError
@@ -40,16 +41,43 @@ class ListFilter:
     Otherwise frames that cannot hold a list key (none of its names, no ``\\u`` escape that could spell
     one) pass without being parsed."""
 
-    def __init__(self, make_check: Callable[[], ItemCheck], *, strict: bool = False):
+    def __init__(
+        self,
+        make_check: Callable[[bytes | None], ItemCheck],
+        *,
+        strict: bool = False,
+        scope: Callable[[], bytes] | None = None,
+        memo: MutableMapping[tuple[bytes, bytes], bytes | None] | None = None,
+    ):
         self._make_check = make_check  # built on the first list found: most answers hold none
         self._allowed: ItemCheck | None = None
+        self._scope_of = scope
+        self._scope: bytes | None = None
+        self._memo = memo
         self.strict = strict
         self.removed = 0
 
     def allowed(self, method: str, name: str) -> bool:
         if self._allowed is None:
-            self._allowed = self._make_check()
+            self._allowed = self._make_check(self._memo_scope())
         return self._allowed(method, name)
+
+    def _memo_scope(self) -> bytes | None:
+        if self._scope is None and self._scope_of is not None:
+            self._scope = self._scope_of()
+        return self._scope
+
+    def _memoized(self, raw: bytes, compute: Callable[[bytes], bytes | None]) -> bytes | None:
+        """Same caller scope and same upstream bytes give the same output: compute it once."""
+        scope = self._memo_scope() if self._memo is not None else None
+        if scope is None:
+            return compute(raw)
+        key = (scope, hashlib.sha256(raw).digest())
+        if key in self._memo:
+            return self._memo[key]
+        result = compute(raw)
+        self._memo[key] = result
+        return result
 
     def _may_hold_a_list(self, raw: bytes) -> bool:
         return self.strict or b"\\u" in raw or any(marker in raw for marker in _MARKERS)
@@ -76,6 +104,10 @@ class ListFilter:
     def filter_json_body(self, body: bytes) -> bytes:
         if not self._may_hold_a_list(body):
             return body
+        result = self._memoized(body, self._filter_json_body)
+        return body if result is None else result
+
+    def _filter_json_body(self, body: bytes) -> bytes:
         try:
             document = json.loads(body)
         except ValueError as exc:
@@ -90,6 +122,9 @@ class ListFilter:
     def filter_event(self, raw: bytes) -> bytes | None:
         if not self._may_hold_a_list(raw):
             return raw
+        return self._memoized(raw, self._filter_event)
+
+    def _filter_event(self, raw: bytes) -> bytes | None:
         try:
             event = parse_event(raw)
         except UnicodeDecodeError:
