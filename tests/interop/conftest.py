@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -153,6 +154,22 @@ def interop_gateway_config(*, port: int, public_url: str, issuer: str, upstream_
         "logging": {"level": "info", "format": "json"},
         "audit": {"file": str(policies / "audit.jsonl")},
     }
+
+
+def decoded_claims(token: str) -> dict:
+    """A JWT's payload, unverified (the tests only read what the authorization server issued)."""
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+def assert_token_never_reached_upstream(upstream: RecordingUpstream, token: str) -> None:
+    """U1: neither the token, nor its signature, nor any Authorization header reached the upstream."""
+    received = upstream.everything_received()
+    assert received, "the upstream recorded nothing"
+    assert token not in received
+    assert token.split(".")[-1] not in received  # not even the signature
+    for request in upstream.requests():
+        assert "authorization" not in request["headers"], request
 
 
 @dataclass

@@ -32,7 +32,7 @@ import pytest
 from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
-from tests.interop.conftest import HERE, free_port, interop_gateway_config, stop
+from tests.interop.conftest import HERE, assert_token_never_reached_upstream, decoded_claims, free_port, interop_gateway_config, stop
 from tests.interop.test_python_sdk import POLICIES
 
 MCP_REMOTE = HERE / "node_modules" / "mcp-remote"
@@ -135,20 +135,6 @@ async def run_proxy(home: McpRemoteHome, args: list[str], calls):
         except BaseException as exc:
             errlog.flush()
             raise AssertionError(f"mcp-remote failed: {exc!r}\n{home.diagnostics()}") from exc
-
-
-def decoded_claims(token: str) -> dict:
-    payload = token.split(".")[1]
-    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-
-
-def assert_token_never_reached_upstream(upstream, token: str) -> None:
-    received = upstream.everything_received()
-    assert received, "the upstream recorded nothing"
-    assert token not in received
-    assert token.split(".")[-1] not in received  # not even the signature
-    for request in upstream.requests():
-        assert "authorization" not in request["headers"], request
 
 
 async def list_echo_add(session: ClientSession):

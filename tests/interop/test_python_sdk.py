@@ -20,7 +20,7 @@ from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientMetadata
 
-from tests.interop.conftest import interop_gateway_config
+from tests.interop.conftest import assert_token_never_reached_upstream, decoded_claims, interop_gateway_config
 
 POLICIES = """\
 @id("everyone-may-list")
@@ -93,26 +93,12 @@ class HeadlessBrowser:
         return AuthorizationCodeResult(code=self._callback["code"], state=self._callback.get("state"), iss=self._callback.get("iss"))
 
 
-def decoded_claims(token: str) -> dict:
-    payload = token.split(".")[1]
-    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-
-
 async def run_client(url: str, provider: OAuthClientProvider, calls):
     async with httpx2.AsyncClient(auth=provider, timeout=30) as http:
         async with streamable_http_client(url, http_client=http) as streams:
             async with ClientSession(streams[0], streams[1]) as session:
                 await session.initialize()
                 return await calls(session)
-
-
-def assert_token_never_reached_upstream(upstream, token: str) -> None:
-    received = upstream.everything_received()
-    assert received, "the upstream recorded nothing"
-    assert token not in received
-    assert token.split(".")[-1] not in received  # not even the signature
-    for request in upstream.requests():
-        assert "authorization" not in request["headers"], request
 
 
 async def test_t_interop_python_sdk_completes_oauth_and_mcp_calls(gateway, authorization_server, recording_upstream, public_url):

@@ -22,7 +22,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from tests.interop.conftest import HERE, free_port, interop_gateway_config, stop
-from tests.interop.test_python_sdk import POLICIES, assert_token_never_reached_upstream, decoded_claims
+from tests.interop.conftest import assert_token_never_reached_upstream, decoded_claims
+from tests.interop.test_python_sdk import POLICIES
 
 SCRIPT = HERE / "typescript_client.mjs"
 SDK = HERE / "node_modules" / "@modelcontextprotocol" / "sdk"
