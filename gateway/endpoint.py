@@ -151,7 +151,8 @@ class McpEndpoint:
                 raise BadRequest("multiple_session_ids", f"{len(session_ids)} Mcp-Session-Id headers")
             self.sessions.check(session_ids[0] if session_ids else None, state.principal)  # U5
             state.stage = "upstream"
-            response = await self._forward(request, body, state)  # U1-U4
+            # I1: the upstream gets the gateway's serialization of what was decided, never the client's bytes.
+            response = await self._forward(request, state.batch.canonical if state.batch else None, state)  # U1-U4
         except GatewayError as error:
             return self.refuse(request, error, state)
         self.metrics.requests.labels("forwarded", str(response.status)).inc()

@@ -1,9 +1,17 @@
-"""Z5, Z6: a POST body to the MCP endpoint, parsed strictly into JSON-RPC messages. Pure: bytes in, values out.
+"""Z5, Z6, I1-I3: a POST body to the MCP endpoint, parsed once into the one reading that is decided and
+forwarded. Pure: bytes in, values out.
 
-Strict means: ``application/json`` only; UTF-8; no duplicate keys in any object (two parsers could read
-``{"name": "search", "name": "drop_table"}`` differently, so the policy would judge one tool and the
-upstream call another); no ``NaN``/``Infinity``; JSON-RPC 2.0 shape for every element of a batch. What
-fails here never reaches the upstream.
+Strict means: ``application/json`` only; UTF-8; no duplicate keys in any object, where "duplicate" is
+what *any* upstream parser could take for the same key: equal after case folding and after dropping
+control characters (I2: Go's ``encoding/json`` matches keys case-insensitively, so
+``{"name": "search", "Name": "drop_table"}`` is ``search`` to us and ``drop_table`` to mcp-go); no
+``NaN``/``Infinity``; no lone surrogates; nesting at most ``MAX_DEPTH`` levels; JSON-RPC 2.0 shape for
+every element of a batch, with envelope and params members spelled exactly; a method name that is
+``segment("/"segment)*`` (I3). What fails here never reaches the upstream.
+
+What passes is forwarded as ``Batch.canonical``: the gateway's own compact UTF-8 serialization of what it
+parsed (I1), built from the decided members only, so no escape, whitespace, number form, encoding trick
+or extra envelope member in the client's bytes can mean something else upstream.
 """
 
 from __future__ import annotations
@@ -12,6 +20,8 @@ import base64
 import binascii
 import json
 import math
+import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -37,6 +47,25 @@ NAME_PARAM = {
 }
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+# I3: segments of letters, digits, "_", "-" and "."; "." and ".." are refused separately.
+_METHOD = re.compile(r"[A-Za-z0-9_.\-]+(?:/[A-Za-z0-9_.\-]+)*")
+# R4: deeper nesting is refused before any recursive walk (Cedar conversion, serialization) can overflow.
+MAX_DEPTH = 64
+
+# The members each message kind is forwarded with (I1). Anything else in the envelope is dropped, and a
+# member spelled in another letter case is refused (I2: a Go server would read "Method" as "method").
+ENVELOPE_MEMBERS = ("jsonrpc", "id", "method", "params", "result", "error")
+_ENVELOPE_FOLDS = {member: member for member in ENVELOPE_MEMBERS}
+# params members the gateway decides on, per method; another spelling of one of them is refused (I2).
+DECIDED_PARAMS = {
+    "tools/call": ("name", "arguments"),
+    "prompts/get": ("name", "arguments"),
+    "resources/read": ("uri",),
+    "resources/subscribe": ("uri",),
+    "resources/unsubscribe": ("uri",),
+    "completion/complete": ("ref",),
+}
 
 
 class MalformedMessage(BadRequest):
@@ -83,6 +112,7 @@ class Message:
 class Batch:
     messages: tuple[Message, ...]
     is_array: bool = False
+    canonical: bytes = b""  # I1: what the upstream receives, the gateway's serialization of ``messages``
 
     @property
     def first_id(self) -> Any:
@@ -96,13 +126,40 @@ class Batch:
         return any(message.kind == "request" for message in self.messages)
 
 
+def fold_key(key: str) -> str:
+    """What a lenient parser could take ``key`` for (I2): control and format characters dropped, then
+    Unicode case folding (which also covers Go's extra folds, ``ſ``→``s`` and the Kelvin sign→``k``)."""
+    if key.isascii() and key.isprintable():
+        return key.lower()  # the common case, and exactly casefold() for printable ASCII
+    kept = "".join(ch for ch in key if unicodedata.category(ch) not in ("Cc", "Cf"))
+    return kept.casefold().replace("\u017f", "s").replace("\u212a", "k")
+
+
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
+    folds: set[str] = set()
     for key, value in pairs:
-        if key in result:
-            raise MalformedMessage("duplicate_key", f"key {key[:50]!r} appears twice in one object", parse_error=True)
+        folded = fold_key(key)
+        if folded in folds:
+            what = "appears twice" if key in result else "appears twice up to letter case or control characters"
+            raise MalformedMessage("duplicate_key", f"key {key[:50]!r} {what} in one object", parse_error=True)
+        folds.add(folded)
         result[key] = value
     return result
+
+
+def _depth_exceeds(document: Any, limit: int) -> bool:
+    """Iterative, so a hostile document cannot overflow the stack while being measured."""
+    stack = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(value, dict):
+            stack.extend((item, depth + 1) for item in value.values() if isinstance(item, (dict, list)))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value if isinstance(item, (dict, list)))
+    return False
 
 
 def _reject_constant(name: str) -> Any:
@@ -122,16 +179,37 @@ def loads_strict(body: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise MalformedMessage("not_utf8", "body is not UTF-8", parse_error=True) from exc
     try:
-        return json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant, parse_float=_finite_float)
+        document = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant, parse_float=_finite_float)
     except MalformedMessage:
         raise
-    except (ValueError, RecursionError) as exc:
+    except RecursionError as exc:
+        raise MalformedMessage("too_deep", f"nesting deeper than {MAX_DEPTH} levels", parse_error=True) from exc
+    except ValueError as exc:
         raise MalformedMessage("invalid_json", f"not JSON: {str(exc)[:100]}", parse_error=True) from exc
+    # Counting brackets is a fast C loop; only a body with enough of them can be too deep.
+    if body.count(b"[") + body.count(b"{") > MAX_DEPTH and _depth_exceeds(document, MAX_DEPTH):
+        raise MalformedMessage("too_deep", f"nesting deeper than {MAX_DEPTH} levels", parse_error=True)
+    return document
+
+
+def check_method_name(method: str, where: str) -> None:
+    """I3: ``segment("/"segment)*``; no whitespace, control characters, empty, ``.`` or ``..`` segments."""
+    if not _METHOD.fullmatch(method) or any(segment in (".", "..") for segment in method.split("/")):
+        raise MalformedMessage("bad_method", f"{where} method {method[:60]!r} is not a method name")
+
+
+def _check_spelling(obj: Mapping[str, Any], canonical: Mapping[str, str], where: str) -> None:
+    """I2: a member the gateway decides on must be spelled exactly; ``Method`` or ``NAME`` is refused."""
+    for key in obj:
+        member = canonical.get(fold_key(key))
+        if member is not None and member != key:
+            raise MalformedMessage("member_spelling", f"{where} has {key[:30]!r}; only {member!r} is understood")
 
 
 def _message(obj: Any, where: str) -> Message:
     if not isinstance(obj, dict):
         raise MalformedMessage("not_jsonrpc", f"{where} is not a JSON object")
+    _check_spelling(obj, _ENVELOPE_FOLDS, where)
     if obj.get("jsonrpc") != "2.0":
         raise MalformedMessage("not_jsonrpc", f"{where} lacks jsonrpc: \"2.0\"")
     has_id = "id" in obj
@@ -144,10 +222,18 @@ def _message(obj: Any, where: str) -> Message:
         method = obj["method"]
         if not isinstance(method, str) or not method:
             raise MalformedMessage("bad_method", f"{where} method is not a string")
+        check_method_name(method, where)
         params = obj.get("params", _EMPTY)
         if not isinstance(params, (dict, MappingProxyType)):
             # MCP params are always objects (JSON-RPC allows arrays; MCP never uses them).
             raise MalformedMessage("bad_params", f"{where} params is not an object")
+        decided = DECIDED_PARAMS.get(method)
+        if decided:
+            _check_spelling(params, {member: member for member in decided}, f"{where} params")
+            named = NAME_PARAM.get(method)
+            if named is not None and not isinstance(params.get(named), str):
+                # The policy decides on this member; without it there is nothing the decision names.
+                raise MalformedMessage("bad_params", f"{where} {method} needs a string params.{named}")
         kind: MessageKind = "request" if has_id else "notification"
         return Message(kind=kind, method=method, id=rpc_id, params=params)
     if has_id and (("result" in obj) != ("error" in obj)):
@@ -171,13 +257,31 @@ def parse_body(body: bytes, content_type: str) -> Batch:
     if isinstance(document, list):
         if not document:
             raise MalformedMessage("empty_batch", "empty batch")
-        batch = Batch(tuple(_message(item, f"element {i}") for i, item in enumerate(document)), is_array=True)
-        ids = [m.id for m in batch.messages if m.kind == "request"]
+        elements = [_checked(item, f"element {i}") for i, item in enumerate(document)]
+        messages = tuple(message for message, _ in elements)
+        ids = [m.id for m in messages if m.kind == "request"]
         if len(ids) != len(set(map(repr, ids))):
             # Answers are matched to requests by id; two requests with one id could be answered crosswise.
             raise MalformedMessage("duplicate_request_id", "two requests in one batch share an id")
-        return batch
-    return Batch((_message(document, "message"),))
+        return Batch(messages, is_array=True, canonical=serialize([wire for _, wire in elements]))
+    message, wire = _checked(document, "message")
+    return Batch((message,), canonical=serialize(wire))
+
+
+def _checked(obj: Any, where: str) -> tuple[Message, dict[str, Any]]:
+    """The decided message and the object that is forwarded for it: only the envelope members it has."""
+    message = _message(obj, where)
+    wire = {member: obj[member] for member in ENVELOPE_MEMBERS if member in obj}
+    return message, wire
+
+
+def serialize(document: Any) -> bytes:
+    """I1: compact UTF-8 JSON without a BOM. A lone surrogate (``"\\ud800"``), which other parsers replace,
+    drop or refuse, cannot be encoded and is refused here rather than read differently upstream."""
+    try:
+        return json.dumps(document, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise MalformedMessage("lone_surrogate", "a string holds a lone UTF-16 surrogate", parse_error=True) from exc
 
 
 def decode_header_value(value: str) -> str | None:
