@@ -136,6 +136,7 @@ class UpstreamConfig:
     auth: UpstreamAuthConfig = field(default_factory=UpstreamAuthConfig)
     identity_headers: Mapping[str, str] = field(default_factory=dict)
     identity_assertion: IdentityAssertionConfig | None = None
+    strip_headers: tuple[str, ...] = ()  # I5: more client headers never forwarded
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -152,6 +153,7 @@ TokenTypePolicy = Literal["at+jwt", "any"]
 @dataclass(frozen=True, slots=True, kw_only=True)
 class IssuerConfig:
     issuer: str
+    name: str | None = None  # I7: qualifies principal ids when several issuers are configured
     jwks_uri: str | None = None
     audiences: tuple[str, ...] = ()
     algorithms: tuple[str, ...] = ASYMMETRIC_ALGORITHMS
@@ -602,7 +604,19 @@ def _upstream(s: _Section) -> UpstreamConfig:
         auth=_closed(s.section("auth"), _upstream_auth),
         identity_headers=identity_headers,
         identity_assertion=_closed(s.section("identity_assertion"), _identity_assertion) if s.has("identity_assertion") else None,
+        strip_headers=_header_names(s, "strip_headers"),
     )
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.1 token
+
+
+def _header_names(s: _Section, key: str) -> tuple[str, ...]:
+    names = s.take_str_list(key)
+    for index, name in enumerate(names):
+        if not _HEADER_NAME.fullmatch(name):
+            s.problems.error(f"{s.key_path(key)}[{index}]", f"{name!r} is not a header name")
+    return names
 
 
 def _resource(s: _Section) -> ResourceConfig:
@@ -623,6 +637,9 @@ def _resource(s: _Section) -> ResourceConfig:
     )
 
 
+_ISSUER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
 def _issuer(s: _Section) -> IssuerConfig:
     issuer = s.take_url("issuer", "http://invalid.invalid", required=True)
     if s.has("issuer") and urlsplit(issuer).scheme == "http" and not _is_loopback(urlsplit(issuer).hostname):
@@ -637,8 +654,12 @@ def _issuer(s: _Section) -> IssuerConfig:
     if not algorithms:
         s.problems.error(s.key_path("algorithms"), "must not be empty")
     audiences = s.take_str_list("audiences")
+    name = s.take_str("name")
+    if name is not None and not _ISSUER_NAME.fullmatch(name):
+        s.problems.error(s.key_path("name"), f"{name[:40]!r} must be letters, digits, '.', '_' or '-' (it becomes part of principal ids)")
     return IssuerConfig(
         issuer=issuer,
+        name=name,
         jwks_uri=s.take_url("jwks_uri"),
         audiences=audiences,
         algorithms=tuple(a for a in algorithms if a in ASYMMETRIC_ALGORITHMS) or ASYMMETRIC_ALGORITHMS,
@@ -675,10 +696,18 @@ def _auth(s: _Section) -> AuthConfig:
     if not issuers:
         s.problems.error(s.key_path("issuers"), "required: at least one issuer")
     seen: set[str] = set()
+    names: set[str] = set()
     for index, issuer in enumerate(issuers):
         if issuer.issuer in seen:
             s.problems.error(f"{s.key_path('issuers')}[{index}].issuer", "configured twice")
         seen.add(issuer.issuer)
+        if len(issuers) > 1 and issuer.name is None:
+            # I7: with several issuers the same sub may be two people; principal ids carry the issuer's name.
+            s.problems.error(f"{s.key_path('issuers')}[{index}].name", "required when several issuers are configured")
+        elif issuer.name is not None and issuer.name in names:
+            s.problems.error(f"{s.key_path('issuers')}[{index}].name", "used by another issuer")
+        if issuer.name is not None:
+            names.add(issuer.name)
     return AuthConfig(
         issuers=issuers,
         introspection=_closed(s.section("introspection"), _introspection) if s.has("introspection") else None,

@@ -35,7 +35,8 @@ from gateway.observe.audit import AuditLog
 from gateway.observe.metrics import Metrics
 from gateway.upstream.credentials import UpstreamCredential
 from gateway.upstream.identity import IdentityAssertion, IdentityHeaders
-from gateway.upstream.proxy import UpstreamProxy, upstream_request_headers
+from gateway.upstream.headers import check_client_headers, never_forwarded, upstream_request_headers
+from gateway.upstream.proxy import UpstreamProxy
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +117,17 @@ class McpEndpoint:
         self.credential = credential
         self.identity = identity
         self.metrics = metrics
-        # U1: headers the gateway sets itself are removed from what the client sent, whatever the casing.
-        self._gateway_headers = tuple(config.upstream.identity_headers) + tuple(
-            i.header for i in identity if isinstance(i, IdentityAssertion))
+        # U1, I5: what the client sent is never forwarded when the gateway sets it itself (identity headers,
+        # the request id) or the configuration says so (upstream.strip_headers).
+        self._never_forwarded = never_forwarded((
+            *config.upstream.identity_headers, *(i.header for i in identity if isinstance(i, IdentityAssertion)),
+            *config.upstream.strip_headers, "X-Request-Id", config.upstream.auth.header))
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         state = _RequestState()
         state.request_id = request.get(REQUEST_ID, state.request_id)
         try:
+            check_client_headers(request.headers)  # I4
             state.origin = self.origins.check(request.headers.get("Origin"))  # E1
             if request.method == "OPTIONS":
                 return self._preflight(state.origin)
@@ -146,10 +150,7 @@ class McpEndpoint:
                 state.stage = "policy"
                 self.authorize(state.principal, state.batch, state)  # Z1-Z3
             state.stage = "session"
-            session_ids = request.headers.getall("Mcp-Session-Id", [])
-            if len(session_ids) > 1:
-                raise BadRequest("multiple_session_ids", f"{len(session_ids)} Mcp-Session-Id headers")
-            self.sessions.check(session_ids[0] if session_ids else None, state.principal)  # U5
+            self.sessions.check(request.headers.get("Mcp-Session-Id"), state.principal)  # U5 (one, by I4)
             state.stage = "upstream"
             # I1: the upstream gets the gateway's serialization of what was decided, never the client's bytes.
             response = await self._forward(request, state.batch.canonical if state.batch else None, state)  # U1-U4
@@ -231,10 +232,10 @@ class McpEndpoint:
         added.update(await self.credential.headers(state.token, token_hash(state.token)))  # U2
         headers = upstream_request_headers(
             request.headers,
+            dropped=self._never_forwarded,
             remote=request.remote,
             public_url=self.config.server.public_url,
             upstream_host=self.proxy.host,
-            strip=self._gateway_headers,
             add=added,
         )
         if body is not None:

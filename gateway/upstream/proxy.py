@@ -1,8 +1,8 @@
-"""Forwarding one MCP request to the upstream and streaming its answer back (U1, U4).
+"""Forwarding one MCP request to the upstream and streaming its answer back (U4).
 
-Owns the header hygiene in both directions, the one pooled ``ClientSession``, the timeouts, and the
-pass-through of Server-Sent Events chunk by chunk as they arrive. It makes no decisions about the
-caller: by the time ``forward`` runs, identity and policy are settled.
+Owns the one pooled ``ClientSession``, the timeouts, and the pass-through of Server-Sent Events chunk by
+chunk as they arrive. Header hygiene lives in ``gateway.upstream.headers``. It makes no decisions about
+the caller: by the time ``forward`` runs, identity and policy are settled.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -20,84 +20,10 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from gateway.config import UpstreamConfig
 from gateway.errors import UpstreamError, UpstreamTimeout
 from gateway.mcp.sse import EventSplitter
+from gateway.upstream.headers import client_response_headers
 from gateway.observe.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-# RFC 9110 §7.6.1: hop-by-hop fields are meaningful for one connection only.
-HOP_BY_HOP_HEADERS = frozenset({
-    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
-    "proxy-authenticate", "proxy-authorization",
-})
-
-# U1: credentials of the client and anything the gateway sets itself never pass from the client.
-# MCP 2025-11-25 security best practices: servers MUST NOT pass through the token they received.
-CLIENT_ONLY_REQUEST_HEADERS = frozenset({
-    "authorization", "cookie", "proxy-authorization",
-    "host", "content-length", "accept-encoding",
-    # aiohttp has already decoded a compressed request body; the upstream gets the plain bytes.
-    "content-encoding",
-    "forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port",
-    "x-real-ip",
-})
-
-# Not passed back to the client: framing is redone by aiohttp; cookies would only come back to be stripped;
-# an upstream challenge concerns the gateway's own credentials (U4), never the client.
-UPSTREAM_ONLY_RESPONSE_HEADERS = frozenset({
-    "content-length", "content-encoding", "set-cookie", "www-authenticate", "server", "date",
-    # CORS is the gateway's decision (E1), never the upstream's.
-    "access-control-allow-origin", "access-control-allow-credentials", "access-control-allow-headers",
-    "access-control-allow-methods", "access-control-expose-headers", "access-control-max-age",
-})
-
-def connection_named_headers(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
-    """Header names listed in ``Connection`` are hop-by-hop too (RFC 9110 §7.6.1)."""
-    return {
-        token.strip().lower()
-        for value in headers.getall("Connection", [])
-        for token in value.split(",")
-        if token.strip()
-    }
-
-
-def upstream_request_headers(
-    client_headers: CIMultiDictProxy[str],
-    *,
-    remote: str | None,
-    public_url: str,
-    upstream_host: str,
-    strip: Iterable[str] = (),
-    add: Mapping[str, str] | None = None,
-) -> CIMultiDict[str]:
-    """The headers the upstream sees: the client's minus everything U1 forbids, plus the gateway's own.
-
-    ``strip`` names extra headers the gateway sets itself (identity headers), so a client that sends one
-    cannot spoof it. ``add`` is what the gateway sets (upstream credential, identity), applied last.
-    """
-    dropped = HOP_BY_HOP_HEADERS | CLIENT_ONLY_REQUEST_HEADERS | connection_named_headers(client_headers)
-    dropped |= {name.lower() for name in strip}
-    # X_MCP_Subject is X-MCP-Subject to CGI/WSGI-style servers: compare with underscores as dashes.
-    headers: CIMultiDict[str] = CIMultiDict(
-        (name, value) for name, value in client_headers.items() if name.lower().replace("_", "-") not in dropped
-    )
-    public = urlsplit(public_url)
-    headers["Host"] = upstream_host
-    # Set from what the gateway knows, never from what the client claims (D4's rule applies here too).
-    headers["X-Forwarded-For"] = remote or "unknown"
-    headers["X-Forwarded-Proto"] = public.scheme
-    headers["X-Forwarded-Host"] = public.netloc
-    # Plain bytes on the loopback hop: no compression work on either side, and SSE stays unbuffered.
-    headers["Accept-Encoding"] = "identity"
-    if add:
-        for name, value in add.items():
-            headers[name] = value
-    return headers
-
-
-def client_response_headers(upstream_headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    dropped = HOP_BY_HOP_HEADERS | UPSTREAM_ONLY_RESPONSE_HEADERS | connection_named_headers(upstream_headers)
-    return CIMultiDict((k, v) for k, v in upstream_headers.items() if k.lower() not in dropped)
-
 
 def is_event_stream(content_type: str | None) -> bool:
     return bool(content_type) and content_type.split(";", 1)[0].strip().lower() == "text/event-stream"

@@ -136,12 +136,16 @@ def recording_upstream(tmp_path_factory) -> Iterator[RecordingUpstream]:
     stop(process)
 
 
+# A browser application's origin that the interop gateways allow (E1).
+BROWSER_ORIGIN = "https://app.example.com"
+
+
 def interop_gateway_config(*, port: int, public_url: str, issuer: str, upstream_url: str, policies: Path,
                            name: str = "Interop MCP server") -> dict:
     """The gateway configuration the client interop tests share: scopes mcp / mcp.admin (admin_* tools need
     mcp.admin), introspection for opaque tokens, the policies in ``policies``, audit to a file beside them."""
     return {
-        "server": {"host": "127.0.0.1", "port": port, "public_url": public_url},
+        "server": {"host": "127.0.0.1", "port": port, "public_url": public_url, "allowed_origins": [BROWSER_ORIGIN]},
         "upstream": {"url": upstream_url},
         "resource": {"name": name, "scopes_supported": ["mcp", "mcp.admin"]},
         "auth": {

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.transport_security import TransportSecuritySettings
 
 
 class HeaderRecorder:
@@ -85,8 +84,8 @@ def main() -> None:
         streamable_http_path="/mcp",
         stateless_http=args.stateless,
         json_response=args.json,
-        # Behind a reverse proxy the Host is the upstream's; the gateway does the Origin checks (E1).
-        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+        # The SDK's default for a loopback bind: DNS-rebinding protection on (Host and Origin checked), as a
+        # user's sidecar MCP server runs it. The gateway sends the upstream's Host and no Origin (I5).
     )
     uvicorn.run(HeaderRecorder(app, args.log), host="127.0.0.1", port=args.port, log_level="warning")
 

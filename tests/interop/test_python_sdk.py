@@ -20,7 +20,7 @@ from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientMetadata
 
-from tests.interop.conftest import assert_token_never_reached_upstream, decoded_claims, interop_gateway_config
+from tests.interop.conftest import BROWSER_ORIGIN, assert_token_never_reached_upstream, decoded_claims, interop_gateway_config
 
 POLICIES = """\
 @id("everyone-may-list")
@@ -264,3 +264,21 @@ async def test_z6_interop_both_protocol_revisions_pass_through(mode, revision, g
         assert any("mcp-session-id" in r["headers"] for r in seen)
         assert not calls
     assert_token_never_reached_upstream(recording_upstream, provider.context.current_tokens.access_token)
+
+
+async def test_i5_interop_a_browser_origin_reaches_the_sdk_server_despite_its_dns_rebinding_protection(
+        gateway, authorization_server, recording_upstream, public_url):
+    """The SDK server (default transport security, as a loopback sidecar runs it) answers 403 to a browser
+    Origin it was not told about; the gateway decided the Origin (E1) and does not forward it (I5)."""
+    token = await client_credentials(authorization_server, "gateway-test", "gateway-secret", public_url)
+    browser = {"Origin": BROWSER_ORIGIN, "Referer": f"{BROWSER_ORIGIN}/app", "Accept": "application/json, text/event-stream"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(recording_upstream.url, json=INITIALIZE, headers=browser) as response:
+            assert response.status == 403  # the protection is really on: directly, the browser is refused
+        before = len(recording_upstream.requests())
+        async with http.post(public_url, json=INITIALIZE, headers={**browser, "Authorization": f"Bearer {token}"}) as response:
+            assert response.status == 200, await response.text()
+            assert response.headers["Access-Control-Allow-Origin"] == BROWSER_ORIGIN
+            assert "Mcp-Session-Id" in response.headers
+    forwarded = recording_upstream.requests()[before:]
+    assert forwarded and all("origin" not in r["headers"] and "referer" not in r["headers"] for r in forwarded)

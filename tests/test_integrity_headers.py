@@ -1,0 +1,80 @@
+"""I4, I5 on the header rules themselves (gateway.upstream.headers); the end-to-end regressions against a
+real ``serve`` process are in tests/test_integrity_serve.py."""
+
+from __future__ import annotations
+
+import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.errors import BadRequest, Forbidden
+from gateway.upstream.headers import check_client_headers, never_forwarded, upstream_request_headers
+
+
+def headers(*pairs: tuple[str, str]) -> CIMultiDictProxy[str]:
+    return CIMultiDictProxy(CIMultiDict(pairs))
+
+
+@pytest.mark.parametrize("name", [
+    "Mcp_Session_Id", "mcp_session_id", "Mcp-Session_Id", "Mcp_Method", "Mcp_Name", "MCP_Protocol_Version",
+    "Last_Event_ID", "Mcp_Param_Region", "Mcp-Param_Region",
+])
+def test_i4_underscore_spellings_of_mcp_headers_are_refused(name):
+    with pytest.raises(BadRequest) as caught:
+        check_client_headers(headers((name, "x")))
+    assert caught.value.reason == "underscore_header"
+
+
+@pytest.mark.parametrize("name", ["Mcp-Session-Id", "Mcp-Method", "Mcp-Name", "MCP-Protocol-Version", "Last-Event-ID", "Mcp-Param-Region"])
+def test_i4_mcp_headers_sent_twice_are_refused_whatever_the_letter_case(name):
+    with pytest.raises(BadRequest) as caught:
+        check_client_headers(headers((name, "a"), (name.lower(), "b")))
+    assert caught.value.reason == "repeated_header"
+
+
+def test_i4_a_repeated_origin_is_403():
+    with pytest.raises(Forbidden) as caught:
+        check_client_headers(headers(("Origin", "https://app.example.com"), ("origin", "https://evil.example")))
+    assert caught.value.status == 403 and caught.value.reason == "multiple_origins"
+
+
+def test_i4_single_mcp_headers_and_other_repeats_pass():
+    check_client_headers(headers(("Mcp-Session-Id", "s"), ("Mcp-Method", "tools/call"), ("Mcp-Param-A", "1"),
+                                 ("Mcp-Param-B", "2"), ("Accept", "a"), ("Accept", "b"), ("Origin", "https://x")))
+
+
+IDENTITY_CLAIMS = [
+    "Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Forwarded-Port", "X-Forwarded-Prefix",
+    "X-Forwarded-User", "X-Forwarded-Email", "X-Forwarded-Groups", "X-Forwarded-Access-Token", "X-Forwarded-Preferred-Username",
+    "X-Real-IP", "True-Client-IP", "X-Client-IP", "X-Auth-Request-User", "X-Auth-Request-Email", "X-Auth-Request-Access-Token",
+    "Remote-User", "X-Remote-User", "X-Original-URL", "X-Rewrite-URL", "Origin", "Referer",
+]
+
+
+def forwarded(client: CIMultiDictProxy[str], extra=()) -> CIMultiDict[str]:
+    return upstream_request_headers(client, dropped=never_forwarded(extra), remote="10.0.0.7",
+                                    public_url="https://mcp.example.com/mcp", upstream_host="127.0.0.1:3000")
+
+
+def test_i5_headers_that_claim_identity_or_routing_are_never_forwarded():
+    sent = forwarded(headers(*((name, "spoofed") for name in IDENTITY_CLAIMS), ("X-Custom", "kept")))
+    for name in IDENTITY_CLAIMS:
+        assert sent.get(name) != "spoofed", name
+    assert sent["X-Custom"] == "kept"
+    # The gateway's own say, from what it knows.
+    assert (sent["X-Forwarded-For"], sent["X-Forwarded-Proto"], sent["X-Forwarded-Host"]) == ("10.0.0.7", "https", "mcp.example.com")
+    assert sent["Host"] == "127.0.0.1:3000"
+
+
+def test_i5_underscore_spellings_are_never_forwarded():
+    sent = forwarded(headers(("X_Forwarded_User", "admin"), ("Remote_User", "admin"), ("X_Custom", "x"), ("Authori_zation", "x")))
+    assert not [name for name in sent if "_" in name]
+
+
+def test_i5_upstream_strip_headers_are_removed_in_any_letter_case():
+    sent = forwarded(headers(("X-Tenant", "other"), ("x-debug-as", "root"), ("X-Kept", "1")), extra=("x-tenant", "X-Debug-As"))
+    assert "X-Tenant" not in sent and "X-Debug-As" not in sent and sent["X-Kept"] == "1"
+
+
+def test_u1_the_client_credentials_and_proof_never_pass():
+    sent = forwarded(headers(("Authorization", "Bearer t"), ("Cookie", "c"), ("DPoP", "proof"), ("Proxy-Authorization", "p")))
+    assert not {"Authorization", "Cookie", "DPoP", "Proxy-Authorization"} & set(sent)
