@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import socket
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from gateway.app import Gateway
@@ -66,19 +71,25 @@ def audit_lines(audit_file: Path) -> Callable[[], list[dict]]:
     return lambda: [json.loads(line) for line in audit_file.read_text().splitlines()] if audit_file.exists() else []
 
 
+def config_data(upstream_url: str, *, issuer: TestIssuer, policies: Path, audit: Path, **overrides: Any) -> dict:
+    """The configuration tests start from: the test issuer (keys found by discovery), ``overrides`` merged in."""
+    data = {
+        "server": {"public_url": RESOURCE, "host": "127.0.0.1", "port": 0},
+        "upstream": {"url": upstream_url},
+        "auth": {"issuers": [{"issuer": issuer.url}]},
+        "authorization": {"policies": str(policies)},
+        "audit": {"file": str(audit)},
+    }
+    return deep_merge(data, overrides)
+
+
 @pytest.fixture
 def make_config(policies_dir: Path, issuer: TestIssuer, audit_file: Path) -> Callable[..., Config]:
     """A configuration for the test issuer (keys found by discovery) with ``overrides`` merged in."""
 
     def make(upstream_url: str, **overrides: Any) -> Config:
-        data = {
-            "server": {"public_url": RESOURCE, "host": "127.0.0.1", "port": 0},
-            "upstream": {"url": upstream_url},
-            "auth": {"issuers": [{"issuer": issuer.url}]},
-            "authorization": {"policies": str(policies_dir)},
-            "audit": {"file": str(audit_file)},
-        }
-        return parse_config(deep_merge(data, overrides), source="test.yaml")
+        data = config_data(upstream_url, issuer=issuer, policies=policies_dir, audit=audit_file, **overrides)
+        return parse_config(data, source="test.yaml")
 
     return make
 
@@ -106,3 +117,72 @@ def start_gateway(aiohttp_client, make_config, issuer):
         return client
 
     return start
+
+
+@dataclass
+class ServedGateway:
+    """``mcp-auth-gateway serve`` as a real process, exactly as a user runs it, with its log and audit files."""
+
+    url: str
+    process: asyncio.subprocess.Process
+    folder: Path
+
+    @property
+    def log_path(self) -> Path:
+        return self.folder / "gateway.log"
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_records(self) -> list[dict]:
+        """The JSON log lines (logging.format json, the default)."""
+        return [json.loads(line) for line in self.log_text().splitlines() if line.startswith("{")]
+
+    def audit(self) -> list[dict]:
+        path = self.folder / "audit.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.fixture
+async def serve_gateway(tmp_path: Path, issuer: TestIssuer, policies_dir: Path):
+    """Starts ``python -m gateway serve --config FILE`` in front of ``upstream_url``; stops it afterwards.
+
+    ``overrides`` are merged into the configuration as for ``make_config``. Waits for ``/readyz`` while
+    letting this test's event loop serve the issuer (its JWKS is fetched during start-up)."""
+    started: list[ServedGateway] = []
+
+    async def start(upstream_url: str, **overrides: Any) -> ServedGateway:
+        folder = tmp_path / f"gateway-{len(started)}"
+        folder.mkdir()
+        port = free_port()
+        data = config_data(upstream_url, issuer=issuer, policies=policies_dir, audit=folder / "audit.jsonl", **overrides)
+        data["server"]["port"] = port
+        (folder / "gateway.yaml").write_text(json.dumps(data))  # JSON is YAML
+        with (folder / "gateway.log").open("w") as log:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gateway", "serve", "--config", str(folder / "gateway.yaml"),
+                stdout=log, stderr=log, cwd=Path(__file__).parent.parent)
+        served = ServedGateway(url=f"http://127.0.0.1:{port}", process=process, folder=folder)
+        started.append(served)
+        async with aiohttp.ClientSession() as http:
+            for _ in range(300):
+                if process.returncode is not None:
+                    break
+                try:
+                    async with http.get(f"{served.url}/readyz") as response:
+                        if response.status == 200:
+                            return served
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
+        raise AssertionError(f"the gateway did not become ready:\n{served.log_text()}")
+
+    yield start
+    for served in started:
+        if served.process.returncode is None:
+            served.process.terminate()
+            try:
+                await asyncio.wait_for(served.process.wait(), 10)
+            except TimeoutError:
+                served.process.kill()
+                await served.process.wait()

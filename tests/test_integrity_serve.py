@@ -1,0 +1,183 @@
+"""Section I against a real ``mcp-auth-gateway serve`` process: each finding of the integrity review as a
+regression test, with a recording upstream that proves nothing refused was forwarded.
+
+The policy is the demo's shape: ``echo`` and ``query`` are allowed, ``delete_records`` is forbidden, and
+so is any call whose ``table`` argument names a production table. Every attack below would have reached
+the upstream as a call the policy never allowed.
+"""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+import pytest
+from multidict import CIMultiDict
+
+from tests.factories import bearer
+from tests.upstreams import RecordingUpstream
+
+POLICY = """
+permit (principal, action == Action::"tools/list", resource);
+permit (principal, action == Action::"tools/call", resource == Tool::"echo");
+permit (principal, action == Action::"tools/call", resource == Tool::"query");
+forbid (principal, action == Action::"tools/call", resource == Tool::"delete_records");
+forbid (principal, action == Action::"tools/call", resource)
+  when { context.arguments has table && context.arguments.table like "prod_*" };
+"""
+JSON = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+ORIGIN = "https://app.example.com"
+
+
+@pytest.fixture
+async def gateway(serve_gateway, upstream: RecordingUpstream, policies_dir):
+    (policies_dir / "allow-all.cedar").unlink()
+    (policies_dir / "demo.cedar").write_text(POLICY)
+    return await serve_gateway(upstream.url, server={"allowed_origins": [ORIGIN]})
+
+
+async def post(gateway, issuer, body: bytes | dict, headers=None, *, token: str | None = None) -> tuple[int, str]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    sent = CIMultiDict(JSON)
+    sent.update(bearer(token or issuer.mint()))
+    for name, value in (headers.items() if isinstance(headers, CIMultiDict) else (headers or {}).items()):
+        sent.add(name, value)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{gateway.url}/mcp", data=data, headers=sent) as response:
+            return response.status, await response.text()
+
+
+def call(name: str, **arguments) -> dict:
+    return {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": arguments}}
+
+
+# -- finding 1 (I2): case-folded duplicate keys ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body", [
+    b'{"jsonrpc":"2.0","id":1,"method":"ping","METHOD":"tools/call","params":{"name":"delete_records"}}',
+    b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","Name":"delete_records"}}',
+    b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"query","arguments":{"table":"orders","Table":"prod_orders"}}}',
+    b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{},"param\xc5\xbf":{"name":"delete_records"}}',
+    b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","\\u212Aey":1,"key":2}}',
+], ids=["METHOD", "Name", "Table", "params-long-s", "kelvin"])
+async def test_i2_case_folded_duplicate_keys_are_refused_and_never_forwarded(gateway, upstream, issuer, body):
+    status, text = await post(gateway, issuer, body)
+    assert status == 400, text
+    assert json.loads(text)["error"]["code"] == -32700
+    assert upstream.received == []
+    [event] = gateway.audit()
+    assert event["outcome"] == "deny" and event["reason"] == "duplicate_key"
+
+
+async def test_i2_a_decided_member_in_another_letter_case_is_refused(gateway, upstream, issuer):
+    # Alone, "Name" is no duplicate; a Go server would still read it as the tool's name.
+    for body in (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"Name":"delete_records"}}',
+                 b'{"jsonrpc":"2.0","id":1,"Method":"tools/call","result":{},"params":{"name":"delete_records"}}'):
+        status, _ = await post(gateway, issuer, body)
+        assert status == 400
+    assert upstream.received == []
+
+
+# -- finding 2 (I1): the upstream parses the gateway's bytes, not the client's -------------------------------
+
+
+async def test_i1_the_upstream_receives_the_gateways_serialization(gateway, upstream, issuer):
+    body = (b'{ "jsonrpc" : "2.0" , "id" : 7, "method" : "tools/call", "extra": {"method": "x"},\n'
+            b' "params" : { "name" : "ech\\u006f", "arguments" : { "n" : 1E2, "text": "caf\\u00e9 \\/" } } }')
+    status, text = await post(gateway, issuer, body)
+    assert status == 200, text
+    [received] = upstream.received
+    assert received.body == ('{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo",'
+                             '"arguments":{"n":100.0,"text":"café /"}}}').encode()
+    assert received.headers["Content-Type"] == "application/json"
+    [event] = gateway.audit()
+    assert (event["method"], event["target"], event["outcome"]) == ("tools/call", "echo", "allow")
+
+
+async def test_i1_a_byte_order_mark_is_refused_not_passed_on(gateway, upstream, issuer):
+    status, _ = await post(gateway, issuer, b'\xef\xbb\xbf' + json.dumps(call("echo")).encode())
+    assert status == 400 and upstream.received == []
+
+
+# -- finding 4 (I4): underscore spellings and repeated headers ------------------------------------------------
+
+
+async def test_i4_an_underscore_session_header_cannot_borrow_another_principals_session(gateway, upstream, issuer):
+    alice = issuer.mint(sub="alice")
+    status, _ = await post(gateway, issuer, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}, token=alice)
+    assert status == 200  # the upstream answered with Mcp-Session-Id: session-1, bound to alice
+    forwarded = len(upstream.received)
+    bob = issuer.mint(sub="bob")
+    for name in ("Mcp_Session_Id", "mcp_session_id", "Mcp-Session_Id"):
+        status, text = await post(gateway, issuer, call("echo"), {name: "session-1"}, token=bob)
+        assert status == 400, (name, text)
+    # The dashed spelling is checked against its owner as before.
+    status, _ = await post(gateway, issuer, call("echo"), {"Mcp-Session-Id": "session-1"}, token=bob)
+    assert status == 404
+    assert len(upstream.received) == forwarded
+
+
+@pytest.mark.parametrize("headers", [
+    CIMultiDict([("Mcp_Method", "tools/call")]),
+    CIMultiDict([("Mcp_Name", "echo")]),
+    CIMultiDict([("Mcp-Method", "tools/call"), ("Mcp-Method", "ping")]),
+    CIMultiDict([("Mcp-Name", "echo"), ("mcp-name", "delete_records")]),
+    CIMultiDict([("MCP-Protocol-Version", "2025-11-25"), ("MCP-Protocol-Version", "2026-07-28")]),
+], ids=["Mcp_Method", "Mcp_Name", "two-Mcp-Method", "two-Mcp-Name", "two-versions"])
+async def test_i4_underscore_or_repeated_mcp_headers_are_400(gateway, upstream, issuer, headers):
+    status, text = await post(gateway, issuer, call("echo"), headers)
+    assert status == 400, text
+    assert upstream.received == []
+
+
+async def test_i4_a_repeated_origin_is_403(gateway, upstream, issuer):
+    headers = CIMultiDict([("Origin", ORIGIN), ("Origin", "https://evil.example")])
+    status, _ = await post(gateway, issuer, call("echo"), headers)
+    assert status == 403 and upstream.received == []
+
+
+# -- findings 5 and 6 (I5): identity and routing claims, Origin and Referer -----------------------------------
+
+
+async def test_i5_identity_claiming_headers_never_reach_the_upstream(gateway, upstream, issuer):
+    claims = {
+        "X-Forwarded-User": "admin", "X-Forwarded-Email": "admin@example.com", "X-Forwarded-Groups": "admins",
+        "X-Forwarded-Access-Token": "stolen", "X-Forwarded-Prefix": "/admin", "Remote-User": "admin",
+        "X-Remote-User": "admin", "X-Auth-Request-User": "admin", "X-Auth-Request-Email": "admin@example.com",
+        "X-Original-URL": "/admin", "X-Rewrite-URL": "/admin", "True-Client-IP": "10.0.0.1", "X-Client-IP": "10.0.0.1",
+        "X-Real-IP": "10.0.0.1", "Forwarded": "for=10.0.0.1", "X-Forwarded-For": "10.0.0.1", "X_Forwarded_User": "admin",
+    }
+    status, _ = await post(gateway, issuer, call("echo"), claims)
+    assert status == 200
+    [received] = upstream.received
+    for name, value in claims.items():
+        assert received.headers.get(name.replace("_", "-")) != value, name
+    assert received.headers["X-Forwarded-For"] == "127.0.0.1"  # the gateway's say
+
+
+async def test_i5_origin_and_referer_are_decided_not_forwarded(gateway, upstream, issuer):
+    status, _ = await post(gateway, issuer, call("echo"), {"Origin": ORIGIN, "Referer": f"{ORIGIN}/page"})
+    assert status == 200
+    [received] = upstream.received
+    assert "Origin" not in received.headers and "Referer" not in received.headers
+
+
+async def test_i5_upstream_strip_headers_are_not_forwarded(serve_gateway, upstream, issuer):
+    gateway = await serve_gateway(upstream.url, upstream={"strip_headers": ["X-Tenant"]})
+    status, _ = await post(gateway, issuer, call("echo"), {"x-tenant": "other", "X-Kept": "yes"})
+    assert status == 200
+    [received] = upstream.received
+    assert "X-Tenant" not in received.headers and received.headers["X-Kept"] == "yes"
+
+
+# -- finding 9 (I3): method names ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["notifications/../tools/call", "notifications/./tools/call", "tools/call ", "notifications//x"])
+async def test_i3_a_method_outside_the_grammar_is_400_and_never_exempt(gateway, upstream, issuer, method):
+    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": {"name": "delete_records"}}
+    status, _ = await post(gateway, issuer, body)
+    assert status == 400
+    assert upstream.received == []
+    assert gateway.audit()[-1]["reason"] == "bad_method"
