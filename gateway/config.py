@@ -501,11 +501,21 @@ class _Section:
 
 
 def _url_problem(value: str) -> str | None:
-    parts = urlsplit(value)
+    if any(ch.isspace() or not ch.isprintable() for ch in value):
+        # urlsplit would quietly drop a tab or a leading space; a URL means one thing or is refused (I6).
+        return f"must not contain whitespace or control characters: {value!r}"
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        return f"is not a URL: {value!r}"
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return f"must be an absolute http(s) URL, not {value!r}"
     if parts.fragment:
         return "must not have a #fragment"
+    port_text = parts.netloc.rpartition("]")[2].rpartition(":")[2] if ":" in parts.netloc.rpartition("]")[2] else None
+    if port_text is not None and (port is None or port_text.startswith("0")):
+        return f"has an empty port or one with leading zeros: {value!r}"
     return None
 
 
@@ -654,6 +664,10 @@ def _issuer(s: _Section) -> IssuerConfig:
     if not algorithms:
         s.problems.error(s.key_path("algorithms"), "must not be empty")
     audiences = s.take_str_list("audiences")
+    for index, audience in enumerate(audiences):
+        if not audience or any(ch.isspace() or not ch.isprintable() for ch in audience):
+            # Such an audience never matches a token's aud (I6); say so now rather than refuse every token.
+            s.problems.error(f"{s.key_path('audiences')}[{index}]", f"must not be empty or contain whitespace or control characters: {audience!r}")
     name = s.take_str("name")
     if name is not None and not _ISSUER_NAME.fullmatch(name):
         s.problems.error(s.key_path("name"), f"{name[:40]!r} must be letters, digits, '.', '_' or '-' (it becomes part of principal ids)")

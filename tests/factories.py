@@ -151,6 +151,35 @@ class TestIssuer:
         header = {k: v for k, v in header.items() if v is not None}
         return jwt.encode(self.claims(**claims), key.private, algorithm=key.alg, headers=header)
 
+    def mint_raw(self, payload_json: str, *, key: SigningKey | None = None, headers: dict[str, Any] | None = None) -> str:
+        """A signed token whose payload is exactly ``payload_json``: for bodies ``json.dumps`` will not write
+        (``1e400``, ``NaN`` spelled by hand, duplicate keys). The header is the one ``mint`` uses."""
+        from jwt import api_jws
+
+        key = key or self.keys[0]
+        header = {"typ": "at+jwt", "kid": key.kid}
+        header.update(headers or {})
+        return api_jws.encode(payload_json.encode(), key.private, algorithm=key.alg, headers=header)
+
+    def mint_compact(self, header: bytes, payload: bytes, *, key: SigningKey | None = None) -> str:
+        """A JWS in compact form from exactly these header and payload bytes, validly signed: for headers no
+        library writes (UTF-16, a BOM, duplicate members)."""
+        from jwt.algorithms import get_default_algorithms
+
+        key = key or self.keys[0]
+        signing_input = f"{b64url(header)}.{b64url(payload)}"
+        signature = get_default_algorithms()[key.alg].sign(signing_input.encode(), key.private)
+        return f"{signing_input}.{b64url(signature)}"
+
+    def raw_claims(self, **raw: str) -> str:
+        """The default claims as JSON, with each ``name=literal`` written verbatim: ``raw_claims(exp="NaN")``
+        gives ``{..., "exp": NaN, ...}``."""
+        claims = self.claims(**{name: f"\x00raw:{name}" for name in raw})
+        text = json.dumps(claims)
+        for name, literal in raw.items():
+            text = text.replace(json.dumps(f"\x00raw:{name}"), literal)
+        return text
+
     def opaque(self, **answer: Any) -> str:
         """An opaque token whose introspection answer is ``active`` with the default claims, overridden."""
         token = secrets.token_urlsafe(32)

@@ -238,7 +238,7 @@ async def test_t3_each_issuer_verifies_with_its_own_keys(upstream, start_gateway
     second = TestIssuer(keys=[SigningKey.ec(kid="second")])
     server = await aiohttp_server(second.app())
     second.url = str(server.make_url("")).rstrip("/")
-    client = await start_gateway(upstream.url, authenticated=False, auth={"issuers": [{"issuer": issuer.url}, {"issuer": second.url}]})
+    client = await start_gateway(upstream.url, authenticated=False, auth={"issuers": [{"issuer": issuer.url, "name": "first"}, {"issuer": second.url, "name": "second"}]})
     assert (await post(client, issuer.mint())).status == 200
     assert (await post(client, second.mint())).status == 200
     # A token claiming the first issuer but signed with the second's key fails.
@@ -601,7 +601,7 @@ async def test_u5_same_subject_from_another_issuer_is_another_principal(upstream
     second = TestIssuer(keys=[SigningKey.ec(kid="second")])
     server = await aiohttp_server(second.app())
     second.url = str(server.make_url("")).rstrip("/")
-    client = await start_gateway(upstream.url, authenticated=False, auth={"issuers": [{"issuer": issuer.url}, {"issuer": second.url}]})
+    client = await start_gateway(upstream.url, authenticated=False, auth={"issuers": [{"issuer": issuer.url, "name": "first"}, {"issuer": second.url, "name": "second"}]})
     session = (await post(client, issuer.mint(sub="alice"))).headers["Mcp-Session-Id"]
     assert (await post(client, second.mint(sub="alice"), CALL, **{"Mcp-Session-Id": session})).status == 404
 

@@ -1,9 +1,10 @@
 """From a raw bearer token to a verified ``Principal`` (T2-T9, T11).
 
 The order: a verified-token cache (keyed by a hash, never the token: T11); the shape test that decides
-JWT or not (T2); for a JWT, the issuer's rules, the header rules, the key (refetching once on an unknown
-``kid``, T8) and the signature and claims; for anything else, introspection when configured (T9). A
-well-formed JWT that fails is never introspected.
+JWT or not (T2, leniently: I6); for a JWT, the strict compact-serialization rules, the issuer's rules, the
+header rules, the key (refetching once on an unknown ``kid``, T8) and the signature and claims; for
+anything else, introspection when configured (T9). A JWT that fails, however it is malformed, is never
+introspected. Each issuer's rules carry the namespace of its principals (I7).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from cachetools import TLRUCache
 from gateway.auth.introspection import Introspector
 from gateway.auth.jwks import JwksCache
 from gateway.auth.jwt import IssuerRules, check_header, read_jose_header, read_unverified_claims, verify_jwt
-from gateway.auth.principal import Principal
+from gateway.auth.principal import Principal, principal_namespaces
 from gateway.config import AuthConfig
 from gateway.errors import Unauthenticated
 
@@ -43,7 +44,11 @@ class Authenticator:
         clock: Callable[[], float] = time.time,
         cache_size: int = 10_000,
     ):
-        self.rules = {issuer.issuer: IssuerRules.build(issuer, public_url, i) for i, issuer in enumerate(config.issuers)}
+        namespaces = principal_namespaces(config.issuers)  # I7
+        self.rules = {
+            issuer.issuer: IssuerRules.build(issuer, public_url, i, namespace=namespaces[issuer.issuer])
+            for i, issuer in enumerate(config.issuers)
+        }
         self.jwks = jwks
         self.introspector = introspector
         self.clock = clock
@@ -60,7 +65,7 @@ class Authenticator:
         cached = self._verified.get(digest)
         if cached is not None:
             return cached
-        header = read_jose_header(token)
+        header = read_jose_header(token)  # raises jwt_malformed for a JWT that breaks the strict rules (I6)
         if header is None:
             if self.introspector is None:
                 raise Unauthenticated("not_a_jwt", "token is not a JWT and no introspection is configured")

@@ -1,7 +1,8 @@
 """T9: RFC 7662 token introspection, the fallback for tokens that are not JWTs (and only for those).
 
 One ``Introspector`` per process. It authenticates to the endpoint as a client (``client_secret_basic``
-by default), checks ``active``, ``iss``, ``aud`` and ``exp`` like T3-T5, caches answers under a hash of
+by default), checks ``active``, ``iss``, ``aud``, ``exp``, ``nbf`` and ``iat`` like T3-T5 (and I6: times
+must be finite numbers within ±2^53, values with whitespace never match), caches answers under a hash of
 the token (positive ones no longer than the token lives, negative ones briefly), and lets concurrent
 requests carrying the same new token share one call. An endpoint that cannot be reached gives 503 with
 ``Retry-After``: the gateway's trouble is not the client's, so never a 401.
@@ -22,7 +23,7 @@ import aiohttp
 from cachetools import TLRUCache
 
 from gateway.auth.jwks import FetchError, read_capped
-from gateway.auth.jwt import IssuerRules, canonical_url
+from gateway.auth.jwt import IssuerRules, time_claim
 from gateway.auth.principal import Principal, principal_from_claims
 from gateway.config import IntrospectionConfig
 from gateway.errors import Unauthenticated, VerifierUnavailable
@@ -142,22 +143,22 @@ class Introspector:
         if iss is None and len(self.rules) == 1:
             iss = next(iter(self.rules))  # RFC 7662: iss is optional; one issuer leaves no doubt
         rules = self.rules.get(iss) if isinstance(iss, str) else None
-        if rules is None:
+        if rules is None or not rules.issued(iss):
             raise Unauthenticated("introspection_wrong_issuer", "iss is missing or not a configured issuer")
-        aud = answer.get("aud")
-        audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
-        if not any(isinstance(a, str) and canonical_url(a) in rules.audiences for a in audiences):
+        if not rules.names_resource(answer.get("aud")):
             raise Unauthenticated("introspection_wrong_audience", "aud missing or does not name this resource")
+        # I6: the answer is JSON read by Python's json, which accepts NaN, Infinity and 1e400 (as infinity).
         now = self.clock()
-        exp = answer.get("exp")
-        if exp is not None:
-            if isinstance(exp, bool) or not isinstance(exp, (int, float)):
-                raise Unauthenticated("introspection_claim_malformed", "exp is not a number")
-            if now >= exp + rules.config.leeway:
-                raise Unauthenticated("token_expired", "introspected token expired")
-        nbf = answer.get("nbf")
-        if isinstance(nbf, (int, float)) and not isinstance(nbf, bool) and now + rules.config.leeway < nbf:
+        leeway = rules.config.leeway
+        exp = time_claim(answer, "exp", reason="introspection_claim_malformed")
+        if exp is not None and now >= exp + leeway:
+            raise Unauthenticated("token_expired", "introspected token expired")
+        nbf = time_claim(answer, "nbf", reason="introspection_claim_malformed")
+        if nbf is not None and now + leeway < nbf:
             raise Unauthenticated("token_not_yet_valid", "introspected token not yet valid")
+        iat = time_claim(answer, "iat", reason="introspection_claim_malformed")
+        if iat is not None and now + leeway < iat:
+            raise Unauthenticated("token_issued_in_future", "introspected token issued in the future")
         claims = dict(answer)
         claims["iss"] = iss
         if not isinstance(claims.get("sub"), str) or not claims["sub"]:
@@ -167,7 +168,7 @@ class Introspector:
                 raise Unauthenticated("introspection_no_subject", "introspection answer has neither sub nor client_id")
             claims["sub"] = claims["client_id"]
         claims.pop("active", None)
-        return principal_from_claims(claims, token_type="introspected")
+        return principal_from_claims(claims, token_type="introspected", namespace=rules.namespace)
 
     async def _endpoint_url(self) -> str:
         if self._endpoint is None:

@@ -1,11 +1,20 @@
-"""Who is calling: the ``Principal`` that a verified token (or an introspection answer) yields."""
+"""Who is calling: the ``Principal`` that a verified token (or an introspection answer) yields.
+
+I7: principals from different issuers are different principals. With one configured issuer the Cedar
+principal is ``User::"<sub>"``; with several it is ``User::"<issuer name>/<sub>"`` (shared/design/cedar.md),
+so the same ``sub`` from two identity providers never shares static entities, policies or cached
+decisions. ``Principal.entity_id`` is that id; ``subject`` and ``issuer`` stay the raw claims.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from gateway.config import IssuerConfig
 
 TokenKind = Literal["jwt", "introspected"]
 
@@ -19,6 +28,7 @@ CLIENT_ID_CLAIMS = ("client_id", "azp", "cid", "appid")
 class Principal:
     issuer: str
     subject: str
+    entity_id: str  # the Cedar principal's id: principal_id(subject, the issuer's namespace)
     client_id: str
     scopes: frozenset[str]
     claims: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
@@ -42,12 +52,38 @@ def scopes_of(claims: Mapping[str, Any]) -> frozenset[str]:
     return frozenset(scopes)
 
 
-def principal_from_claims(claims: Mapping[str, Any], *, token_type: TokenKind) -> Principal:
+def principal_id(subject: str, namespace: str | None) -> str:
+    """I7: ``<sub>`` with one issuer, ``<namespace>/<sub>`` with several. A namespace (an issuer's name) has
+    no ``/``, so the first ``/`` always ends it: ``corp/x/y`` is sub ``x/y`` from corp, nobody else."""
+    return subject if namespace is None else f"{namespace}/{subject}"
+
+
+def principal_namespaces(issuers: Sequence[IssuerConfig]) -> dict[str, str | None]:
+    """Issuer URL → the namespace of its principals: ``None`` for a lone issuer (its name, if any, is not
+    used: cedar.md keeps ``User::"<sub>"``), else its configured ``name``.
+
+    The configuration loader already refuses several issuers without names; this refuses them again for
+    configurations built in code, because a missing name would merge two issuers' principals.
+    """
+    if len(issuers) == 1:
+        return {issuers[0].issuer: None}
+    namespaces: dict[str, str | None] = {}
+    for index, issuer in enumerate(issuers):
+        if not issuer.name or "/" in issuer.name or issuer.name in namespaces.values():
+            raise ValueError(f"auth.issuers[{index}].name: a unique name without '/' is required when several issuers are configured (I7)")
+        namespaces[issuer.issuer] = issuer.name
+    return namespaces
+
+
+def principal_from_claims(claims: Mapping[str, Any], *, token_type: TokenKind, namespace: str | None = None) -> Principal:
+    """The caller a verified token (or introspection answer) names. ``namespace``: its issuer's, for I7."""
     client_id = next((claims[c] for c in CLIENT_ID_CLAIMS if isinstance(claims.get(c), str) and claims[c]), "")
     exp = claims.get("exp")
+    subject = str(claims.get("sub", ""))
     return Principal(
         issuer=str(claims.get("iss", "")),
-        subject=str(claims.get("sub", "")),
+        subject=subject,
+        entity_id=principal_id(subject, namespace),
         client_id=client_id if isinstance(client_id, str) else "",
         scopes=scopes_of(claims),
         claims=MappingProxyType({k: v for k, v in claims.items() if k not in STANDARD_CLAIMS}),

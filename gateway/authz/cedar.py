@@ -350,13 +350,14 @@ class Authorizer:
         policies = self.store.current
         server = uid("Server", self.server_name)
         target = resource or resource_uid(message, self.server_name)
-        entities = [merge_entity(policies.static.get(("User", principal.subject)), principal_entity(principal, self.group_claims))]
+        # I7: static entities are found by the principal's id, which names its issuer when there are several.
+        entities = [merge_entity(policies.static.get(("User", principal.entity_id)), principal_entity(principal, self.group_claims))]
         entities.append(merge_entity(policies.static.get(("Server", self.server_name)), {"uid": server, "attrs": {}, "parents": []}))
         if target["type"] != "Server":
             built = {"uid": target, "attrs": {}, "parents": [server]}
             entities.append(merge_entity(policies.static.get((target["type"], target["id"])), built))
         return CedarRequest(
-            principal=uid("User", principal.subject),
+            principal=uid("User", principal.entity_id),
             action=uid("Action", action or message.method or ""),
             resource=target,
             context=context_of(message, principal, listing=listing),

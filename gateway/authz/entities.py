@@ -1,6 +1,7 @@
 """Z1: the Cedar request for one MCP message, built exactly as shared/design/cedar.md promises policy authors.
 
     principal  User::"<sub>"      attrs sub, iss, client_id, scopes, claims; parents Group::"<value>"
+               (User::"<issuer name>/<sub>" with several issuers: Principal.entity_id, spec I7)
     action     Action::"<method>" the method as sent (other letter case is another, unknown, action)
     resource   Tool / Prompt / Resource::"<name or uri>" (parent Server), else Server::"<resource.name>"
     context    arguments, method, token_type, listing
@@ -84,7 +85,7 @@ def group_names(principal: Principal, group_claims: Iterable[str]) -> list[str]:
 
 def principal_entity(principal: Principal, group_claims: Iterable[str]) -> dict[str, Any]:
     return {
-        "uid": uid("User", principal.subject),
+        "uid": uid("User", principal.entity_id),  # I7: issuer-qualified with several issuers
         "attrs": {
             "sub": principal.subject,
             "iss": principal.issuer,

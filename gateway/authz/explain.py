@@ -1,7 +1,8 @@
 """``mcp-auth-gateway policy explain``: why a request would be allowed or denied, offline.
 
 Builds exactly the Cedar request the gateway would build for a token with the given claims sending the
-given JSON-RPC message, evaluates it against the configured policies, and reports the decision, the
+given JSON-RPC message (with several issuers, the claims' ``iss`` names the issuer whose name qualifies
+the principal id, spec I7), evaluates it against the configured policies, and reports the decision, the
 policies that decided, any evaluation errors, the scopes involved, and the entities and context used.
 """
 
@@ -11,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gateway.auth.principal import principal_from_claims
+from gateway.auth.principal import principal_from_claims, principal_namespaces
 from gateway.auth.scopes import ScopeRequirements
 from gateway.authz.cedar import Authorizer, PolicyStore
 from gateway.config import Config
@@ -22,7 +23,16 @@ def explain(config: Config, claims_file: Path, request_file: Path) -> dict[str, 
     claims = json.loads(claims_file.read_text(encoding="utf-8"))
     if not isinstance(claims, dict):
         raise ValueError(f"{claims_file}: must be a JSON object of token claims")
-    principal = principal_from_claims(claims, token_type="jwt")
+    # I7: the principal id the gateway would build: qualified by the issuer's name when there are several.
+    namespaces = principal_namespaces(config.auth.issuers)
+    if len(namespaces) == 1:
+        namespace = None
+    elif isinstance(claims.get("iss"), str) and claims["iss"] in namespaces:
+        namespace = namespaces[claims["iss"]]
+    else:
+        raise ValueError(f"{claims_file}: iss {str(claims.get('iss'))[:100]!r} is not one of auth.issuers; "
+                         "with several issuers it decides the principal id")
+    principal = principal_from_claims(claims, token_type="jwt", namespace=namespace)
     batch = parse_body(request_file.read_bytes(), "application/json")
     store = PolicyStore(config.authorization)
     authorizer = Authorizer(store, config.authorization, server_name=config.resource.name or "mcp")
