@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import web, web_response
 
 from gateway.auth.authenticator import Authenticator
 from gateway.auth.introspection import Introspector
@@ -43,6 +43,12 @@ QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+
+# I9: the Server header names no versions. aiohttp's default is "Python/3.x aiohttp/3.y". The app's own
+# responses get ours in ``name_the_server``; the pages aiohttp writes before any routing (400 for a
+# malformed request line, aiohttp#8870) never reach on_response_prepare and take this module default.
+SERVER_NAME = "mcp-auth-gateway"
+web_response.SERVER_SOFTWARE = SERVER_NAME
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -85,6 +91,10 @@ async def observe_requests(request: web.Request, handler: Handler) -> web.Stream
                 extra={"fields": {"request_id": request[REQUEST_ID], "method": request.method, "path": request.path,
                                   "status": status, "duration_ms": round((time.perf_counter() - started) * 1000, 3)}},
             )
+
+
+async def name_the_server(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER_NAME
 
 
 async def add_request_id_header(request: web.Request, response: web.StreamResponse) -> None:
@@ -157,6 +167,7 @@ class Gateway:
         app.router.add_get("/metrics", metrics_handler(self.metrics))
         add_metadata_routes(app, self.config)
         app.router.add_route("*", self.config.server.mcp_path, self.endpoint.handle)
+        app.on_response_prepare.append(name_the_server)
         app.on_response_prepare.append(add_request_id_header)
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)

@@ -1,12 +1,26 @@
-"""Z4: list results filtered to what the caller may use, in JSON bodies and SSE events alike.
+"""Z4, I8: list results filtered to what the caller may use, in JSON bodies and SSE events alike.
 
 A ``ListFilter`` is applied to every answer the gateway relays, POST and GET alike, and recognises a
 list result by its shape (``result.tools``, ``result.prompts``, ``result.resources``,
 ``result.resourceTemplates``), not by which request it seems to answer: ids can repeat across a batch,
-and a resumed GET stream (``Last-Event-ID``) replays answers to earlier requests. Every other field,
-``nextCursor`` and the rest of the pagination included, passes unchanged, and answers without a list
-pass byte for byte. It fails closed: a JSON body it cannot read becomes a 502, an SSE event it cannot
-read is dropped, an item without a name is dropped.
+and a resumed GET stream (``Last-Event-ID``) replays answers to earlier requests. A body or an event may
+hold one message or a batch (a JSON array); every element is filtered. Every other field, ``nextCursor``
+and the rest of the pagination included, passes unchanged.
+
+The filter reads an answer the way the most lenient client would, because the client, not the gateway,
+decides what the caller sees (ToolHive #5257):
+
+- keys are matched ignoring case, with Unicode folding (``"Tools"``, ``"RESULT"``, ``"toolſ"``): Go's
+  ``encoding/json`` and .NET's case-insensitive option read those as the list;
+- an answer that mentions a list key is always sent as the gateway's own serialization of what it read,
+  never as the upstream's bytes: a duplicate key (``{"tools": [all], "tools": [allowed]}``) is read
+  last-wins by Python and first-wins by other parsers, and only re-serializing makes them agree;
+- a list key whose value is not a list, an item that is not an object, has no string name or two
+  spellings of its name key, are dropped (fail closed).
+
+Answers that cannot mention a list key (``_mentions_a_list_key``) pass byte for byte, unparsed, unless a
+list was asked for (``strict``), when every frame is read and one the filter cannot read fails closed: a
+JSON body becomes a 502, an SSE event is dropped.
 """
 
 from __future__ import annotations
@@ -14,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
@@ -30,16 +45,59 @@ LIST_RESULTS = {
     "resourceTemplates": ("resources/templates/list", "uriTemplate"),
 }
 LIST_METHODS = frozenset(method for method, _ in LIST_RESULTS.values())
-# Cheap pre-check: bytes without any of these keys cannot hold a list result, whatever their shape.
-_MARKERS = tuple(f'"{key}"'.encode() for key in LIST_RESULTS)
 
 ItemCheck = Callable[[str, str], bool]  # (list method, item name) -> may the caller use it?
 
 
+def fold(key: str) -> str:
+    """A key as case-insensitive decoders compare it: ``Tools``, ``TOOLS`` and ``toolſ`` (U+017F, which
+    Go's Unicode folding and .NET's upper-casing equate with ``s``) all fold to ``tools``."""
+    return key.lower() if key.isascii() else key.upper().lower()
+
+
+# folded result key -> (the list method it answers, the item key naming each item, that key folded)
+_FOLDED = {fold(key): (method, name_key, fold(name_key)) for key, (method, name_key) in LIST_RESULTS.items()}
+_RESULT = "result"
+
+# The pre-check. A list key in raw JSON is a quoted string that reads, after folding, as one of
+# LIST_RESULTS; its bytes are that name in some ASCII letter case, unless an escape of a letter
+# (``\u0074ools``), a non-ASCII letter that folds to ASCII (of these names' letters only ``s`` has one,
+# U+017F ``ſ``) or a UTF-16/32 body (NUL bytes; Python's json.loads and httpx's .json() detect those
+# encodings) spells it otherwise. Escapes of anything else (``\u00e9``) cannot.
+_LIST_KEY = re.compile(b'"(?:' + b"|".join(re.escape(key.encode()) for key in _FOLDED) + b')"', re.IGNORECASE)
+_LETTER_ESCAPE = re.compile(rb"\\u(?:00[4-7][0-9a-fA-F]|017[fF])")
+_SPELLED_OTHERWISE = ("\u017f".encode(), b"\x00")
+
+
+def _mentions_a_list_key(raw: bytes) -> bool:
+    """False only for bytes that no JSON reader can find a list key in, whatever their shape."""
+    if any(marker in raw for marker in _SPELLED_OTHERWISE) or _LIST_KEY.search(raw) is not None:
+        return True
+    return b"\\u" in raw and _LETTER_ESCAPE.search(raw) is not None
+
+
+class _Unreadable(ValueError):
+    """The filter cannot read (or cannot faithfully write back) this frame."""
+
+
+def _loads(data: bytes | str) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise _Unreadable(f"{type(exc).__name__}") from exc
+
+
+def _dumps(document: Any) -> str:
+    try:
+        # No NaN or Infinity: they are not JSON (RFC 8259 §6), and 1e400 would come back as Infinity.
+        return json.dumps(document, allow_nan=False)
+    except (ValueError, RecursionError) as exc:
+        raise _Unreadable(f"{type(exc).__name__}") from exc
+
+
 class ListFilter:
     """``strict``: the request asked for a list, so every frame is parsed and an unreadable one fails closed.
-    Otherwise frames that cannot hold a list key (none of its names, no ``\\u`` escape that could spell
-    one) pass without being parsed."""
+    Otherwise frames that cannot mention a list key pass without being parsed."""
 
     def __init__(
         self,
@@ -79,65 +137,103 @@ class ListFilter:
         self._memo[key] = result
         return result
 
-    def _may_hold_a_list(self, raw: bytes) -> bool:
-        return self.strict or b"\\u" in raw or any(marker in raw for marker in _MARKERS)
+    # -- messages ---------------------------------------------------------------------------------------
+
+    def filter_document(self, document: Any) -> Any:
+        """A parsed body or event ``data``: one message, or a batch whose every element is filtered."""
+        if isinstance(document, list):
+            return [self.filter_message(message) for message in document]
+        return self.filter_message(document)
 
     def filter_message(self, message: Any) -> Any:
-        """The message with every list in its result filtered; the same object when nothing was removed."""
-        if not isinstance(message, dict) or "method" in message or not isinstance(message.get("result"), dict):
+        """The message with every list in every result filtered; the same object when nothing changed.
+
+        Any message with a result is read, a request or notification too (``method`` beside ``result``
+        is malformed, and a client may still take it for an answer)."""
+        if not isinstance(message, dict):
             return message
-        result = message["result"]
-        filtered = result
-        for key, (method, name_key) in LIST_RESULTS.items():
-            items = result.get(key)
-            if not isinstance(items, list):
+        changed: dict[str, Any] = {}
+        for key, result in message.items():
+            if isinstance(result, dict) and fold(key) == _RESULT:
+                filtered = self._filter_result(result)
+                if filtered is not result:
+                    changed[key] = filtered
+        return {**message, **changed} if changed else message
+
+    def _filter_result(self, result: dict[str, Any]) -> dict[str, Any]:
+        changed: dict[str, list[Any]] = {}
+        for key, items in result.items():
+            spec = _FOLDED.get(fold(key))
+            if spec is None:
                 continue
-            kept = [
-                item for item in items
-                if isinstance(item, dict) and isinstance(item.get(name_key), str) and self.allowed(method, item[name_key])
-            ]
+            method, name_key, folded_name_key = spec
+            if not isinstance(items, list):
+                log.warning("a list result's %r is a %s, not a list; replaced by an empty list", key, type(items).__name__)
+                self.removed += 1
+                changed[key] = []
+                continue
+            kept = [item for item in items if self._keeps(item, method, name_key, folded_name_key)]
             if len(kept) != len(items):
                 self.removed += len(items) - len(kept)
-                filtered = {**filtered, key: kept}
-        return message if filtered is result else {**message, "result": filtered}
+                changed[key] = kept
+        return {**result, **changed} if changed else result
+
+    def _keeps(self, item: Any, method: str, name_key: str, folded_name_key: str) -> bool:
+        if not isinstance(item, dict):
+            return False
+        name = item.get(name_key)
+        if not isinstance(name, str):
+            return False
+        # {"name": "search", "Name": "drop_table"}: which one a client shows is its choice, so neither. Case-
+        # insensitive decoders fold character by character, so only a key of the same length can clash.
+        size = len(name_key)
+        for key in item:
+            if len(key) == size and key != name_key and fold(key) == folded_name_key:
+                return False
+        return self.allowed(method, name)
+
+    # -- JSON bodies ------------------------------------------------------------------------------------
 
     def filter_json_body(self, body: bytes) -> bytes:
-        if not self._may_hold_a_list(body):
+        mentions = _mentions_a_list_key(body)
+        if not (mentions or self.strict):
             return body
-        result = self._memoized(body, self._filter_json_body)
+        result = self._memoized(body, lambda raw: self._filter_json_body(raw, mentions))
         return body if result is None else result
 
-    def _filter_json_body(self, body: bytes) -> bytes:
+    def _filter_json_body(self, body: bytes, mentions: bool) -> bytes:
         try:
-            document = json.loads(body)
-        except ValueError as exc:
-            raise UpstreamError("upstream_unreadable_list", "a response body is not JSON while filtering lists") from exc
-        if isinstance(document, list):
-            filtered_list = [self.filter_message(m) for m in document]
-            changed = any(a is not b for a, b in zip(filtered_list, document, strict=True))
-            return json.dumps(filtered_list).encode() if changed else body
-        filtered = self.filter_message(document)
-        return body if filtered is document else json.dumps(filtered).encode()
+            document = _loads(body)
+            if not mentions:
+                return body  # strict, and readable: nothing a client could take for a list
+            return _dumps(self.filter_document(document)).encode()
+        except _Unreadable as exc:
+            raise UpstreamError("upstream_unreadable_list", f"a response body the list filter cannot read ({exc})") from exc
+
+    # -- SSE events -------------------------------------------------------------------------------------
 
     def filter_event(self, raw: bytes) -> bytes | None:
-        if not self._may_hold_a_list(raw):
+        mentions = _mentions_a_list_key(raw)
+        if not (mentions or self.strict):
             return raw
-        return self._memoized(raw, self._filter_event)
+        return self._memoized(raw, lambda raw: self._filter_event(raw, mentions))
 
-    def _filter_event(self, raw: bytes) -> bytes | None:
+    def _filter_event(self, raw: bytes, mentions: bool) -> bytes | None:
         try:
             event = parse_event(raw)
         except UnicodeDecodeError:
             log.warning("dropped an SSE event that is not UTF-8 while filtering lists")
             return None
         if not event.data:
-            return raw
+            if not mentions:
+                return raw
+            # A list key in a comment or a field this parser does not read: send only what it did read.
+            return format_event(Event(data=None, event=None, id=event.id)) if event.id is not None else None
         try:
-            message = json.loads(event.data)
-        except ValueError:
-            log.warning("dropped an SSE event whose data is not JSON while filtering lists")
+            document = _loads(event.data)
+            if not mentions:
+                return raw
+            return format_event(Event(data=_dumps(self.filter_document(document)), event=event.event, id=event.id))
+        except _Unreadable as exc:
+            log.warning("dropped an SSE event the list filter cannot read (%s)", exc)
             return None
-        filtered = self.filter_message(message)
-        if filtered is message:
-            return raw
-        return format_event(Event(data=json.dumps(filtered), event=event.event, id=event.id))

@@ -45,7 +45,7 @@ class EventSplitter:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    data: str
+    data: str | None  # None: no data lines at all (an event that only moves Last-Event-ID)
     event: str | None = None
     id: str | None = None
 
@@ -75,5 +75,6 @@ def format_event(event: Event) -> bytes:
         lines.append(f"event: {event.event}")
     if event.id is not None:
         lines.append(f"id: {event.id}")
-    lines.extend(f"data: {line}" for line in event.data.split("\n"))
+    if event.data is not None:
+        lines.extend(f"data: {line}" for line in event.data.split("\n"))
     return ("\n".join(lines) + "\n\n").encode("utf-8")

@@ -1,7 +1,19 @@
 """Process-wide logging set-up: JSON lines for machines (default) or plain text for people.
 
-Log lines carry reasons, never tokens, secrets or claim values (T11). Extra fields given with
-``log.info(..., extra={"fields": {...}})`` become top-level keys of the JSON line.
+Log lines carry reasons, never tokens, secrets or claim values (T11, I9). Extra fields given with
+``log.info(..., extra={"fields": {...}})`` become top-level keys of the JSON line, ``key=value`` pairs
+of the text line.
+
+Two defences sit on the one handler, so every logger (the gateway's, aiohttp's, any library's) gets them:
+
+- ``RedactingFilter`` removes bearer values, ``access_token=…``-style parameters, ``Authorization``
+  values and JWT-shaped strings from the message, the exception text and every field value, nested
+  ones included. A path is client input: ``POST /mcp/eyJhbGciOi…`` would otherwise put a token in the
+  access log.
+- ``TextFormatter`` escapes control characters, so a client cannot forge a line: aiohttp's
+  ``request.path`` is percent-decoded, and ``/mcp%0a2026-01-01 … INFO …`` would start a new one. JSON
+  lines are safe as they are (``json.dumps`` escapes every control character and, with ``ensure_ascii``,
+  U+2028 and U+2029).
 """
 
 from __future__ import annotations
@@ -11,25 +23,82 @@ import logging
 import re
 import sys
 import time
+from typing import Any
+
+REDACTED = "[redacted]"
 
 # Defence in depth for T11: whatever a library logs (aiohttp prints bad request lines and headers), a
-# bearer value or a JWT-shaped string never reaches the output.
-_SECRETS = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9\-._~+/]+=*|eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+# secret that announces itself never reaches the output. ``keep`` is the part that names it.
+_VALUE = r"[^\s\"'&;,#<>]+"
+_SECRET_NAME = r"[\w-]*(?:token|secret|password|api[_-]?key|assertion)"
+_SECRETS = re.compile(
+    r"(?P<keep>"
+    r"\b(?i:bearer|dpop)\s+"  # RFC 6750 §2.1, RFC 9449 §7.1: "Authorization: Bearer <token>"
+    rf"|(?<![\w-])(?i:{_SECRET_NAME}|code)\s*=\s*"  # RFC 6750 §2.3: ?access_token=…, client_secret=…
+    rf"|\"(?i:{_SECRET_NAME})\"\s*:\s*\""  # a JSON answer from a token endpoint: "access_token": "…"
+    r"|\b(?i:(?:proxy-)?authorization)[\"']?\s*[:=]\s*[\"']?(?:[A-Za-z][\w-]*[ \t]+)?"  # any scheme, or none
+    rf"){_VALUE}"
+    # JWS and JWE compact forms (RFC 7515 §7.1, RFC 7516 §7.1): a base64 JSON object first, so "ey" or
+    # "ew" ('{' then '"', space or a line break) or "e3" ("{}"), at least ten characters (the shortest real
+    # header, {"alg":"X"}, has fifteen: dotted names such as keys.jwks.fetch stay), then two to four more
+    # dot-separated parts. Wherever it starts: /mcp/eyJ… and xeyJ… alike.
+    r"|e[wy3][A-Za-z0-9_\-+/]{8,}={0,2}(?:\.[A-Za-z0-9_\-+/]*={0,2}){2,4}"
+)
+
+
+def _replace(match: re.Match[str]) -> str:
+    return (match.group("keep") or "") + REDACTED
 
 
 def redact(text: str) -> str:
-    return _SECRETS.sub(lambda m: (m.group(1) or "") + "[redacted]", text)
+    # Every pattern needs a dot, an '=', a ':' or whitespace: most field values (``/mcp``, request ids,
+    # reason codes, methods) have none of them and skip the regular expression.
+    if "." in text or "=" in text or ":" in text or " " in text or not text.isprintable():
+        return _SECRETS.sub(_replace, text)
+    return text
+
+
+def redact_value(value: Any) -> Any:
+    """``value`` with every string in it redacted; the same object when nothing changed."""
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, dict):
+        cleaned = {key: redact_value(item) for key, item in value.items()}
+        return value if all(cleaned[key] is item for key, item in value.items()) else cleaned
+    if isinstance(value, (list, tuple)):
+        items = [redact_value(item) for item in value]
+        return value if all(a is b for a, b in zip(items, value)) else items
+    # Anything else is written as str() by both formatters (URLs, paths, exceptions): redact that.
+    text = str(value)
+    cleaned = redact(text)
+    return value if cleaned == text else cleaned
 
 
 class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = redact(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
+        try:
+            message = record.getMessage()
+        except Exception:  # bad %-arguments: the formatter fails again and logging reports it as usual
+            message = None
+        if message is not None:
+            cleaned = redact(message)
+            if cleaned != message:
+                record.msg, record.args = cleaned, None
         if record.exc_info and record.exc_info[1] is not None:
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
             record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        fields = getattr(record, "fields", None)
+        if fields is not None:
+            try:
+                record.fields = redact_value(fields)
+            except RecursionError:  # a field that contains itself: drop the fields, keep the line
+                record.fields = {"fields": REDACTED}
         return True
 
 
@@ -51,15 +120,45 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+# C0, DEL, C1 and the Unicode line and paragraph separators: what a terminal, a log shipper or an editor
+# may take for the end of a line (or use to rewrite one).
+_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
+_CONTROLS.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+_QUOTED = {**_CONTROLS, ord("\\"): "\\\\", ord('"'): '\\"'}
+
+
+def escape_controls(text: str) -> str:
+    """``text`` on one line: control characters written as escapes (``\\n``, ``\\x1b``, ``\\u2028``)."""
+    return text if text.isprintable() else text.translate(_CONTROLS)
+
+
+def _field_text(value: Any) -> str:
+    """A field value as one token: quoted, with escapes, when it holds anything but plain characters, so
+    neither a line nor another ``key=value`` pair can be forged inside it."""
+    text = value if isinstance(value, str) else str(value)
+    if text and text.isprintable() and not any(c in text for c in ' "=\\'):
+        return text
+    return '"' + text.translate(_QUOTED) + '"'
+
+
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        record.message = record.getMessage()
+        record.asctime = self.formatTime(record, self.datefmt)
+        text = escape_controls(self.formatMessage(record))
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict) and fields:
-            text += " " + " ".join(f"{key}={value}" for key, value in fields.items())
+            text += " " + " ".join(f"{_field_text(str(key))}={_field_text(value)}" for key, value in fields.items())
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        # A traceback keeps its lines, each indented under the record it belongs to: no line of it can
+        # pass for a record of its own, whatever the exception's message holds.
+        for extra in (record.exc_text, record.stack_info and self.formatStack(record.stack_info)):
+            if extra:
+                text += "".join("\n  | " + escape_controls(line) for line in extra.split("\n"))
         return text
 
 
