@@ -123,6 +123,26 @@ def test_r4_nesting_beyond_the_limit_is_a_400_not_a_recursion_error():
     assert parsed(ok).messages[0].name == "echo"
 
 
-@pytest.mark.parametrize("a, b", [("name", "Name"), ("s", "\u017f"), ("k", "\u212a"), ("ab", "a\x00b"), ("ab", "a\u200bb"), ("strasse", "STRASSE")])
+@pytest.mark.parametrize("a, b", [("name", "Name"), ("s", "\u017f"), ("k", "\u212a"), ("ab", "a\x00b"), ("ab", "a\u200bb"),
+                                  ("strasse", "STRASSE"), ("name", "na_me"), ("dry_run", "dry-run"), ("dryrun", "DRY_RUN")])
 def test_i2_fold_key_equates_what_other_parsers_equate(a, b):
     assert fold_key(a) == fold_key(b)
+
+
+@pytest.mark.parametrize("name", ["delete_records\u0000", "delete_records ", " delete_records", "delete\u200brecords", "a\nb", "x\u2028"])
+def test_i2_a_decided_name_with_control_characters_or_surrounding_spaces_is_refused(name):
+    """A server that trims the name, or stops at a NUL, would run a tool the policy never named."""
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name}}).encode()
+    assert refused(body) == "bad_name"
+
+
+@pytest.mark.parametrize("number", [2**53, -(2**53), 10**30])
+def test_i1_integers_beyond_the_safe_range_are_refused(number):
+    """I-JSON (RFC 7493): JavaScript and Go's map[string]any read them as doubles, another number."""
+    assert refused((CALL % ('{"name":"echo","arguments":{"n":%d}}' % number)).encode()) == "unsafe_integer"
+    assert parsed((CALL % ('{"name":"echo","arguments":{"n":%d}}' % (2**53 - 1))).encode()).messages[0].name == "echo"
+
+
+def test_i1_a_request_carrying_result_is_forwarded_as_a_request_only():
+    canonical = parsed(b'{"jsonrpc":"2.0","id":1,"method":"tools/list","result":{"x":1},"error":{}}').canonical
+    assert json.loads(canonical) == {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}

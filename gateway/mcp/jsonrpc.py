@@ -53,10 +53,19 @@ _METHOD = re.compile(r"[A-Za-z0-9_.\-]+(?:/[A-Za-z0-9_.\-]+)*")
 # R4: deeper nesting is refused before any recursive walk (Cedar conversion, serialization) can overflow.
 MAX_DEPTH = 64
 
-# The members each message kind is forwarded with (I1). Anything else in the envelope is dropped, and a
-# member spelled in another letter case is refused (I2: a Go server would read "Method" as "method").
+# The members each message kind is forwarded with (I1): a request is forwarded as a request, whatever
+# else the client put beside it. Anything else in the envelope is dropped, and a member spelled another
+# way is refused (I2: a Go server would read "Method" as "method").
 ENVELOPE_MEMBERS = ("jsonrpc", "id", "method", "params", "result", "error")
+FORWARDED_MEMBERS = {
+    "request": ("jsonrpc", "id", "method", "params"),
+    "notification": ("jsonrpc", "method", "params"),
+    "response": ("jsonrpc", "id", "result", "error"),
+}
 _ENVELOPE_FOLDS = {member: member for member in ENVELOPE_MEMBERS}
+# I-JSON (RFC 7493 §2.2): integers beyond ±(2^53 - 1) are read as doubles by JavaScript and by Go's
+# map[string]any, so a policy on 9007199254740993 would judge another number than the server acts on.
+MAX_SAFE_INTEGER = 2**53 - 1
 # params members the gateway decides on, per method; another spelling of one of them is refused (I2).
 DECIDED_PARAMS = {
     "tools/call": ("name", "arguments"),
@@ -126,13 +135,25 @@ class Batch:
         return any(message.kind == "request" for message in self.messages)
 
 
+_SEPARATORS = str.maketrans("", "", "_-")
+
+
 def fold_key(key: str) -> str:
-    """What a lenient parser could take ``key`` for (I2): control and format characters dropped, then
-    Unicode case folding (which also covers Go's extra folds, ``ſ``→``s`` and the Kelvin sign→``k``)."""
+    """What a lenient parser could take ``key`` for (I2): control and format characters, ``_`` and ``-``
+    dropped, then Unicode case folding. Go's encoding/json matches case-insensitively with simple folding
+    (``ſ``→``s``, the Kelvin sign→``k``, which ``casefold`` covers); its v2 ``case:ignore`` matching also
+    ignores ``_`` and ``-``. Refusing a little more than any one parser equates is the safe side."""
     if key.isascii() and key.isprintable():
-        return key.lower()  # the common case, and exactly casefold() for printable ASCII
+        return key.translate(_SEPARATORS).lower()  # the common case: exactly casefold() for printable ASCII
     kept = "".join(ch for ch in key if unicodedata.category(ch) not in ("Cc", "Cf"))
-    return kept.casefold().replace("\u017f", "s").replace("\u212a", "k")
+    return kept.translate(_SEPARATORS).casefold().replace("\u017f", "s").replace("\u212a", "k")
+
+
+def _safe_int(text: str) -> int:
+    value = int(text)
+    if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+        raise MalformedMessage("unsafe_integer", f"an integer of {len(text)} digits is beyond ±(2^53 - 1)", parse_error=True)
+    return value
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -179,7 +200,8 @@ def loads_strict(body: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise MalformedMessage("not_utf8", "body is not UTF-8", parse_error=True) from exc
     try:
-        document = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant, parse_float=_finite_float)
+        document = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant,
+                              parse_float=_finite_float, parse_int=_safe_int)
     except MalformedMessage:
         raise
     except RecursionError as exc:
@@ -190,6 +212,12 @@ def loads_strict(body: bytes) -> Any:
     if body.count(b"[") + body.count(b"{") > MAX_DEPTH and _depth_exceeds(document, MAX_DEPTH):
         raise MalformedMessage("too_deep", f"nesting deeper than {MAX_DEPTH} levels", parse_error=True)
     return document
+
+
+def _plain_name(value: str) -> bool:
+    if value.isascii() and value.isprintable():
+        return value == value.strip()
+    return value == value.strip() and not any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in value)
 
 
 def check_method_name(method: str, where: str) -> None:
@@ -231,9 +259,14 @@ def _message(obj: Any, where: str) -> Message:
         if decided:
             _check_spelling(params, {member: member for member in decided}, f"{where} params")
             named = NAME_PARAM.get(method)
-            if named is not None and not isinstance(params.get(named), str):
-                # The policy decides on this member; without it there is nothing the decision names.
-                raise MalformedMessage("bad_params", f"{where} {method} needs a string params.{named}")
+            if named is not None:
+                value = params.get(named)
+                if not isinstance(value, str) or not value:
+                    # The policy decides on this member; without it there is nothing the decision names.
+                    raise MalformedMessage("bad_params", f"{where} {method} needs a string params.{named}")
+                if not _plain_name(value):
+                    # A server that trims, or stops at a NUL, would run a tool the policy never named.
+                    raise MalformedMessage("bad_name", f"{where} params.{named} has control characters or surrounding spaces")
         kind: MessageKind = "request" if has_id else "notification"
         return Message(kind=kind, method=method, id=rpc_id, params=params)
     if has_id and (("result" in obj) != ("error" in obj)):
@@ -269,9 +302,9 @@ def parse_body(body: bytes, content_type: str) -> Batch:
 
 
 def _checked(obj: Any, where: str) -> tuple[Message, dict[str, Any]]:
-    """The decided message and the object that is forwarded for it: only the envelope members it has."""
+    """The decided message and the object that is forwarded for it: only the members of its kind."""
     message = _message(obj, where)
-    wire = {member: obj[member] for member in ENVELOPE_MEMBERS if member in obj}
+    wire = {member: obj[member] for member in FORWARDED_MEMBERS[message.kind] if member in obj}
     return message, wire
 
 
