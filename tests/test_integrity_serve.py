@@ -181,3 +181,112 @@ async def test_i3_a_method_outside_the_grammar_is_400_and_never_exempt(gateway, 
     assert status == 400
     assert upstream.received == []
     assert gateway.audit()[-1]["reason"] == "bad_method"
+
+
+# -- finding 3 (I8): lists in SSE batches ---------------------------------------------------------------------
+
+TOOLS = [{"name": "echo"}, {"name": "delete_records"}, {"name": "query"}]
+
+
+async def sse_batch_answer(request, received):
+    from tests.upstreams import start_sse
+
+    response = await start_sse(request)
+    batch = [{"jsonrpc": "2.0", "id": 1, "result": {"tools": TOOLS}}, {"jsonrpc": "2.0", "id": 2, "result": {"Tools": TOOLS}}]
+    await response.write(f"id: 9\nevent: message\ndata: {json.dumps(batch)}\n\n".encode())
+    await response.write_eof()
+    return response
+
+
+@pytest.mark.parametrize("body", [
+    {"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+    [{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}],
+    {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo"}},  # no list asked for
+], ids=["list", "batch", "call"])
+async def test_i8_a_batch_array_in_an_sse_event_is_filtered(gateway, upstream, issuer, body):
+    upstream.behaviour = sse_batch_answer
+    status, text = await post(gateway, issuer, body)
+    assert status == 200
+    assert "delete_records" not in text
+    data = json.loads(next(line[6:] for line in text.splitlines() if line.startswith("data: ")))
+    assert [[tool["name"] for tool in message["result"][key]] for message, key in zip(data, ("tools", "Tools"))] == [["echo", "query"]] * 2
+
+
+# -- finding 7 (I6): JWT shape -------------------------------------------------------------------------------
+
+
+async def test_i6_odd_jwts_are_refused_and_never_introspected(serve_gateway, upstream, issuer, policies_dir):
+    gateway = await serve_gateway(upstream.url, auth={"introspection": {"client_id": "gateway", "client_secret": "gateway-secret"}})
+    token = issuer.mint()
+    head, payload, signature = token.split(".")
+    for odd in (token + "=", f"{head}==.{payload}.{signature}", f"{head}.{payload}~.{signature}", f"{head}.{payload}.{signature}~"):
+        issuer.opaque_tokens[odd] = {"active": True, **issuer.claims()}  # a lenient AS would say active
+        status, _ = await post(gateway, issuer, call("echo"), token=odd)
+        assert status == 401, odd
+    assert issuer.introspections == 0 and upstream.received == []
+    # "=" inside the token already breaks RFC 6750's b64token grammar (token_malformed); the rest are JWTs that break the rules
+    assert {event["reason"] for event in gateway.audit()} == {"jwt_malformed", "token_malformed"}
+
+
+@pytest.mark.parametrize("exp", ["NaN", "Infinity", "1e400", str(2**53 + 1)])
+async def test_i6_a_signed_exp_that_is_not_a_finite_number_is_refused(gateway, upstream, issuer, exp):
+    status, _ = await post(gateway, issuer, call("echo"), token=issuer.mint_raw(issuer.raw_claims(exp=exp)))
+    assert status == 401 and upstream.received == []
+
+
+@pytest.mark.parametrize("aud", ["https://mcp.exa\tmple.com/mcp", "https://mcp.example.com/mcp\n", " https://mcp.example.com/mcp",
+                                 "https://mcp.example.com:0443/mcp", "https://mcp.example.com:/mcp"])
+async def test_i6_an_audience_with_whitespace_or_an_odd_port_never_matches(gateway, upstream, issuer, aud):
+    status, _ = await post(gateway, issuer, call("echo"), token=issuer.mint(aud=aud))
+    assert status == 401 and upstream.received == []
+
+
+# -- finding 8 (I7): issuers share principals ------------------------------------------------------------------
+
+
+async def test_i7_the_same_sub_from_a_second_issuer_is_another_principal(serve_gateway, upstream, issuer, policies_dir, aiohttp_server):
+    from tests.factories import TestIssuer
+
+    partner = TestIssuer()
+    partner.url = str((await aiohttp_server(partner.app())).make_url("")).rstrip("/")
+    (policies_dir / "allow-all.cedar").write_text('permit (principal in Group::"admins", action, resource);\n')
+    (policies_dir.parent / "entities.json").write_text(json.dumps([
+        {"uid": {"type": "User", "id": "corp/alice"}, "attrs": {}, "parents": [{"type": "Group", "id": "admins"}]},
+        {"uid": {"type": "Group", "id": "admins"}, "attrs": {}, "parents": []}]))
+    gateway = await serve_gateway(upstream.url, auth={"issuers": [{"issuer": issuer.url, "name": "corp"}, {"issuer": partner.url, "name": "partner"}]},
+                                  authorization={"entities": str(policies_dir.parent / "entities.json")})
+    assert (await post(gateway, issuer, call("echo"), token=partner.mint(sub="alice")))[0] == 403
+    assert (await post(gateway, issuer, call("echo"), token=issuer.mint(sub="alice")))[0] == 200
+    assert (await post(gateway, issuer, call("echo"), token=partner.mint(sub="alice")))[0] == 403  # no shared cache
+    assert len(upstream.received) == 1
+    assert [(e["issuer"], e["outcome"]) for e in gateway.audit()] == [(partner.url, "deny"), (issuer.url, "allow"), (partner.url, "deny")]
+
+
+# -- finding 10 (I9): logs and the Server header ------------------------------------------------------------
+
+
+async def test_i9_a_token_in_the_path_or_query_is_redacted_in_every_log_field(gateway, upstream, issuer):
+    token = issuer.mint()
+    async with aiohttp.ClientSession() as http:
+        for path in (f"/mcp/{token}", f"/{token}", f"/mcp?access_token={token}", "/mcp/%0aINFO forged"):
+            async with http.post(f"{gateway.url}{path}", json=call("echo"), headers=bearer(token)) as response:
+                assert response.status in (400, 404)
+                assert response.headers["Server"] == "mcp-auth-gateway"
+    text = gateway.log_text()
+    assert token.split(".")[1] not in text and token.split(".")[2] not in text
+    assert all(line.startswith("{") for line in text.splitlines())  # no forged line in the JSON log
+
+
+async def test_i9_the_server_header_names_no_version(gateway, upstream, issuer):
+    async with aiohttp.ClientSession() as http:
+        for method, path, headers in (("POST", "/mcp", bearer(issuer.mint())), ("POST", "/mcp", {}), ("GET", "/nothing", {}), ("GET", "/healthz", {})):
+            async with http.request(method, f"{gateway.url}{path}", json=call("echo"), headers=headers) as response:
+                assert response.headers["Server"] == "mcp-auth-gateway", (method, path)
+    import asyncio
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(gateway.url.rsplit(":", 1)[1]))
+    writer.write(b"GARBAGE \x01 HTTP/9\r\n\r\n")
+    await writer.drain()
+    head = await asyncio.wait_for(reader.read(4096), 5)
+    writer.close()
+    assert b"400" in head.split(b"\r\n")[0] and b"\r\nServer: mcp-auth-gateway\r\n" in head
