@@ -97,6 +97,11 @@ class ServerConfig:
     allowed_origins: tuple[str, ...] = ()
     max_body_bytes: int = 4 * 1024 * 1024
     shutdown_grace: float = 20.0
+    header_timeout: float = 10.0  # R1: request line and headers must arrive within this
+    body_timeout: float = 30.0  # R1: a POST body must arrive within this once its headers have
+    keepalive_timeout: float = 75.0  # R1: idle client connections close after this
+    max_connections: int = 4096  # R1: open client connections; more are closed at once
+    max_batch: int = 50  # R4: messages in one JSON-RPC batch
 
     @property
     def mcp_path(self) -> str:
@@ -137,6 +142,7 @@ class UpstreamConfig:
     identity_headers: Mapping[str, str] = field(default_factory=dict)
     identity_assertion: IdentityAssertionConfig | None = None
     strip_headers: tuple[str, ...] = ()  # I5: more client headers never forwarded
+    max_list_bytes: int = 8 * 1024 * 1024  # R2: a larger list answer fails closed (502)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -171,6 +177,7 @@ class IntrospectionConfig:
     endpoint: str | None = None
     auth_method: IntrospectionAuthMethod = "client_secret_basic"
     cache_ttl: float = 60.0
+    max_concurrent: int = 16  # R6: introspection calls in flight; more get 503 with Retry-After
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -218,12 +225,25 @@ class AuditConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PrincipalLimitsConfig:
+    concurrent: int = 64  # R3: requests and streams in flight per principal
+    rate: float = 0.0  # R3: requests per second per principal (token bucket); 0 = off
+    burst: int = 0  # R3: bucket size; 0 = max(1, rate)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimitsConfig:
+    per_principal: PrincipalLimitsConfig = field(default_factory=PrincipalLimitsConfig)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     server: ServerConfig
     upstream: UpstreamConfig
     auth: AuthConfig
     authorization: AuthorizationConfig
     resource: ResourceConfig = field(default_factory=ResourceConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     source: str = "<config>"
@@ -553,7 +573,19 @@ def _server(s: _Section) -> ServerConfig:
         allowed_origins=tuple(o.rstrip("/") for o in origins),
         max_body_bytes=s.take_int("max_body_bytes", 4 * 1024 * 1024, minimum=1),
         shutdown_grace=s.take_duration("shutdown_grace", 20.0),
+        header_timeout=_positive(s, "header_timeout", 10.0),
+        body_timeout=_positive(s, "body_timeout", 30.0),
+        keepalive_timeout=_positive(s, "keepalive_timeout", 75.0),
+        max_connections=s.take_int("max_connections", 4096, minimum=1),
+        max_batch=s.take_int("max_batch", 50, minimum=1),
     )
+
+
+def _positive(s: _Section, key: str, default: float) -> float:
+    value = s.take_duration(key, default)
+    if value <= 0:
+        s.problems.error(s.key_path(key), "must be longer than 0s (a limit that never fires is no limit)")
+    return value
 
 
 _UPSTREAM_AUTH_KEYS = {
@@ -615,6 +647,7 @@ def _upstream(s: _Section) -> UpstreamConfig:
         identity_headers=identity_headers,
         identity_assertion=_closed(s.section("identity_assertion"), _identity_assertion) if s.has("identity_assertion") else None,
         strip_headers=_header_names(s, "strip_headers"),
+        max_list_bytes=s.take_int("max_list_bytes", 8 * 1024 * 1024, minimum=1024),
     )
 
 
@@ -689,7 +722,21 @@ def _introspection(s: _Section) -> IntrospectionConfig:
         client_secret=s.take_secret("client_secret", required=True) or Secret(""),
         auth_method=s.take_choice("auth_method", ("client_secret_basic", "client_secret_post"), "client_secret_basic"),
         cache_ttl=s.take_duration("cache_ttl", 60.0),
+        max_concurrent=s.take_int("max_concurrent", 16, minimum=1),
     )
+
+
+def _principal_limits(s: _Section) -> PrincipalLimitsConfig:
+    rate = s.take_int("rate", 0, minimum=0)
+    return PrincipalLimitsConfig(
+        concurrent=s.take_int("concurrent", 64, minimum=1),
+        rate=float(rate),
+        burst=s.take_int("burst", 0, minimum=0),
+    )
+
+
+def _limits(s: _Section) -> LimitsConfig:
+    return LimitsConfig(per_principal=_closed(s.section("per_principal"), _principal_limits))
 
 
 def _jwks(s: _Section) -> JwksConfig:
@@ -774,6 +821,7 @@ def parse_config(data: Any, *, source: str = "<config>", base_dir: Path | None =
         resource=_closed(top.section("resource"), _resource),
         auth=_closed(top.section("auth"), _auth),
         authorization=_closed(top.section("authorization"), _authorization),
+        limits=_closed(top.section("limits"), _limits),
         logging=_closed(top.section("logging"), _logging),
         audit=_closed(top.section("audit"), _audit),
         source=source,

@@ -9,6 +9,7 @@ before scopes (T10: an expired token that also lacks scopes gets 401), identity 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -27,7 +28,7 @@ from gateway.config import Config
 from gateway.edge.challenge import Challenges
 from gateway.edge.origin import OriginPolicy
 from gateway.edge.responses import error_response
-from gateway.errors import BadRequest, Forbidden, GatewayError, MethodNotAllowed, PayloadTooLarge
+from gateway.errors import Forbidden, GatewayError, MethodNotAllowed, PayloadTooLarge, RequestTimeout
 from gateway.mcp.jsonrpc import Batch, Message, check_routing_headers, parse_body
 from gateway.mcp.listing import LIST_METHODS, ListFilter
 from gateway.mcp.sessions import SessionBindings
@@ -46,16 +47,21 @@ REQUEST_ID = web.RequestKey("request_id", str)
 MCP_METHODS = ("POST", "GET", "DELETE")
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The whole request body, refusing more than ``limit`` bytes before reading them (Z5: 413)."""
+async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
+    """The whole request body, refusing more than ``limit`` bytes before reading them (Z5: 413) and a body
+    that takes longer than ``timeout`` to arrive (R1: 408, so a slow client cannot hold a connection)."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge("body_too_large", f"Content-Length {request.content_length} > {limit}")
     chunks, size = [], 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge("body_too_large", f"body exceeds {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge("body_too_large", f"body exceeds {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError as exc:
+        raise RequestTimeout("body_timeout", f"{size} bytes of the body in {timeout:g}s") from exc
     return b"".join(chunks)
 
 
@@ -141,8 +147,8 @@ class McpEndpoint:
             body = None
             if request.method == "POST":  # Z5, Z6
                 state.stage = "message"
-                body = await read_body(request, self.config.server.max_body_bytes)
-                state.batch = parse_body(body, request.headers.get("Content-Type", ""))
+                body = await read_body(request, self.config.server.max_body_bytes, self.config.server.body_timeout)
+                state.batch = parse_body(body, request.headers.get("Content-Type", ""), max_batch=self.config.server.max_batch)
                 check_routing_headers(state.batch, request.headers.get("Mcp-Method"), request.headers.get("Mcp-Name"))
             state.stage = "scopes"
             self.scopes.check(state.principal, state.batch.messages if state.batch else ())  # T10

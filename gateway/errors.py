@@ -7,9 +7,11 @@
      ├── Forbidden                 403                    origin refused (E1) or policy denied (Z3)
      ├── NotFound                  404                    unknown path, or a session of someone else (U5)
      ├── MethodNotAllowed          405
+     ├── RequestTimeout            408                    body not in within server.body_timeout (R1)
      ├── PayloadTooLarge           413                    body over server.max_body_bytes (Z5)
      ├── UnsupportedMediaType      415
-     ├── VerifierUnavailable       503  (Retry-After)     keys or introspection unreachable (T8, T9)
+     ├── TooManyRequests           429  (Retry-After)     a principal over its share (R3)
+     ├── VerifierUnavailable       503  (Retry-After)     keys or introspection unreachable or busy (T8, T9, R6)
      └── UpstreamError             502                    upstream unreachable, broken or refusing us (U4)
           └── UpstreamTimeout      504                    no response headers within response_timeout
 
@@ -105,6 +107,12 @@ class MethodNotAllowed(GatewayError):
         self.allowed = allowed
 
 
+class RequestTimeout(GatewayError):
+    status = 408
+    jsonrpc_code = INVALID_REQUEST
+    default_message = "Request timed out"
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     jsonrpc_code = INVALID_REQUEST
@@ -115,6 +123,18 @@ class UnsupportedMediaType(GatewayError):
     status = 415
     jsonrpc_code = INVALID_REQUEST
     default_message = "Unsupported media type"
+
+
+class TooManyRequests(GatewayError):
+    """429: this caller has more requests in flight, or more per second, than its share (R3)."""
+
+    status = 429
+    jsonrpc_code = SERVER_ERROR
+    default_message = "Too many requests"
+
+    def __init__(self, reason: str, detail: str = "", *, retry_after: int = 1):
+        super().__init__(reason, detail)
+        self.retry_after = max(1, retry_after)
 
 
 class VerifierUnavailable(GatewayError):

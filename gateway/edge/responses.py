@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.errors import GatewayError, MethodNotAllowed, VerifierUnavailable
+from gateway.errors import GatewayError, MethodNotAllowed, TooManyRequests, VerifierUnavailable
 
 
 def jsonrpc_error_body(code: int, message: str, rpc_id: Any = None) -> bytes:
@@ -26,7 +26,7 @@ def error_response(
         headers["WWW-Authenticate"] = www_authenticate
     if isinstance(error, MethodNotAllowed):
         headers["Allow"] = ", ".join(error.allowed)
-    if isinstance(error, VerifierUnavailable):
+    if isinstance(error, (VerifierUnavailable, TooManyRequests)):
         headers["Retry-After"] = str(error.retry_after)
     return web.Response(
         status=error.status,

@@ -274,8 +274,8 @@ def _message(obj: Any, where: str) -> Message:
     raise MalformedMessage("not_jsonrpc", f"{where} is neither a request, a notification nor a response")
 
 
-def parse_body(body: bytes, content_type: str) -> Batch:
-    """Z5: the messages of one POST body, or ``MalformedMessage``."""
+def parse_body(body: bytes, content_type: str, *, max_batch: int = 50) -> Batch:
+    """Z5: the messages of one POST body, or ``MalformedMessage``. R4: at most ``max_batch`` in a batch."""
     media_type, _, parameters = content_type.partition(";")
     media_type = media_type.strip().lower()
     if media_type != "application/json":
@@ -290,6 +290,9 @@ def parse_body(body: bytes, content_type: str) -> Batch:
     if isinstance(document, list):
         if not document:
             raise MalformedMessage("empty_batch", "empty batch")
+        if len(document) > max_batch:
+            # Each element costs a decision and an audit line; a batch is bounded before any of that (R4).
+            raise MalformedMessage("batch_too_large", f"{len(document)} messages in a batch > server.max_batch {max_batch}")
         elements = [_checked(item, f"element {i}") for i, item in enumerate(document)]
         messages = tuple(message for message, _ in elements)
         ids = [m.id for m in messages if m.kind == "request"]
