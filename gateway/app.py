@@ -22,6 +22,7 @@ from gateway.auth.scopes import ScopeRequirements
 from gateway.authz.cedar import Authorizer, PolicyStore
 from gateway.config import Config
 from gateway.edge.challenge import Challenges
+from gateway.edge.connections import ConnectionGuard, GuardedSite, raise_descriptor_limit
 from gateway.edge.metadata import add_metadata_routes
 from gateway.edge.origin import OriginPolicy
 from gateway.edge.health import Readiness, healthz, readyz_handler
@@ -157,8 +158,11 @@ class Gateway:
         return endpoint
 
     def create_app(self) -> web.Application:
+        # R1: the guard learns from its middleware when a request's headers were complete.
+        self.connections = ConnectionGuard(header_timeout=self.config.server.header_timeout,
+                                           max_connections=self.config.server.max_connections)
         app = web.Application(
-            middlewares=[observe_requests],
+            middlewares=[self.connections.middleware, observe_requests],
             client_max_size=self.config.server.max_body_bytes + 1,
             handler_args={"max_field_size": 16 * 1024},
         )
@@ -202,14 +206,17 @@ class Gateway:
 async def serve(config: Config, *, ready: Callable[[str], None] | None = None) -> None:
     """Run the gateway until SIGTERM or SIGINT, then drain within ``server.shutdown_grace`` (E3)."""
     gateway = Gateway(config)
+    app = gateway.create_app()
     runner = web.AppRunner(
-        gateway.create_app(), access_log=None, shutdown_timeout=config.server.shutdown_grace,
+        app, access_log=None, shutdown_timeout=config.server.shutdown_grace,
         # A client that goes away cancels its request: an idle SSE stream would otherwise hold its upstream
         # connection until the upstream next writes (and MCP 2026-07-28 makes closing a stream a cancel).
         handler_cancellation=True,
+        keepalive_timeout=config.server.keepalive_timeout,  # R1
     )
     await runner.setup()
-    site = web.TCPSite(runner, config.server.host, config.server.port)
+    raise_descriptor_limit(config.server.max_connections + 256)  # headroom: upstream, JWKS, logs, probes
+    site = GuardedSite(runner, config.server.host, config.server.port, gateway.connections)  # R1
     await site.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
