@@ -55,3 +55,31 @@ async def test_r5_deep_nesting_is_a_400_with_an_audit_event_and_no_traceback(ser
     assert upstream.received == []
     log = gateway.log_text()
     assert "Traceback" not in log and "RecursionError" not in log and '"status": 500' not in log
+
+
+async def test_r5_a_malformed_http_request_is_one_info_line_not_a_traceback(serve_gateway, upstream):
+    import asyncio
+
+    gateway = await serve_gateway(upstream.url)
+    port = int(gateway.url.rsplit(":", 1)[1])
+    for raw in (b"POST /mcp HTTP/1.1\r\nHost: x\r\nX-Api-Key: s3cret\x00\r\n\r\n",
+                b"POST /mcp HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n",
+                b"POST /mcp HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+                b"post /mcp HTTP/1.1\r\nHost: x\r\n\r\n"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw)
+        await writer.drain()
+        assert b" 400 " in (await asyncio.wait_for(reader.read(4096), 5)).split(b"\r\n")[0]
+        writer.close()
+    log = gateway.log_text()
+    assert "Traceback" not in log and "s3cret" not in log
+    assert log.count("refused a malformed HTTP request") == 3  # a bad method on a first request aiohttp logs at debug
+
+
+async def test_r5_claims_nested_too_deeply_are_a_401_not_a_500(serve_gateway, upstream, issuer):
+    gateway = await serve_gateway(upstream.url)
+    token = issuer.mint(deep=json.loads("[" * 600 + "]" * 600))
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{gateway.url}/mcp", json=call(1), headers=bearer(token)) as response:
+            assert response.status == 401
+    assert "Traceback" not in gateway.log_text() and upstream.received == []

@@ -36,6 +36,8 @@ from jwt.api_jwk import PyJWK
 from gateway.auth.principal import Principal, principal_from_claims
 from gateway.config import IssuerConfig
 from gateway.errors import Unauthenticated
+from gateway.mcp.jsonrpc import MAX_DEPTH as MAX_CLAIM_DEPTH
+from gateway.mcp.jsonrpc import nested_deeper_than
 
 log = logging.getLogger(__name__)
 
@@ -314,6 +316,9 @@ def read_unverified_claims(token: str) -> dict[str, Any]:
     claims, problem = _strict_json_object(data)
     if claims is None:
         raise Unauthenticated("jwt_payload_malformed", f"payload {problem}")
+    if nested_deeper_than(claims, MAX_CLAIM_DEPTH):
+        # Claims become Cedar values by a recursive conversion; 600 levels fit in an 8 KiB token (R5).
+        raise Unauthenticated("jwt_payload_malformed", f"claims nested deeper than {MAX_CLAIM_DEPTH} levels")
     return claims
 
 

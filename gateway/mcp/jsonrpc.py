@@ -169,7 +169,7 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def _depth_exceeds(document: Any, limit: int) -> bool:
+def nested_deeper_than(document: Any, limit: int) -> bool:
     """Iterative, so a hostile document cannot overflow the stack while being measured."""
     stack = [(document, 1)]
     while stack:
@@ -209,7 +209,7 @@ def loads_strict(body: bytes) -> Any:
     except ValueError as exc:
         raise MalformedMessage("invalid_json", f"not JSON: {str(exc)[:100]}", parse_error=True) from exc
     # Counting brackets is a fast C loop; only a body with enough of them can be too deep.
-    if body.count(b"[") + body.count(b"{") > MAX_DEPTH and _depth_exceeds(document, MAX_DEPTH):
+    if body.count(b"[") + body.count(b"{") > MAX_DEPTH and nested_deeper_than(document, MAX_DEPTH):
         raise MalformedMessage("too_deep", f"nesting deeper than {MAX_DEPTH} levels", parse_error=True)
     return document
 
@@ -258,6 +258,9 @@ def _message(obj: Any, where: str) -> Message:
         decided = DECIDED_PARAMS.get(method)
         if decided:
             _check_spelling(params, {member: member for member in decided}, f"{where} params")
+            if "arguments" in params and not isinstance(params["arguments"], dict):
+                # The policy would see {} while the server got a list or a string it may still act on.
+                raise MalformedMessage("bad_params", f"{where} params.arguments is not an object")
             named = NAME_PARAM.get(method)
             if named is not None:
                 value = params.get(named)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from cachetools import TTLCache
 
 from gateway.auth.principal import Principal
-from gateway.errors import NotFound
+from gateway.errors import NotFound, UpstreamError
 
 Owner = tuple[str, str]
 
@@ -41,6 +41,9 @@ class SessionBindings:
         self._owners[key] = owner  # refresh the idle timer
 
     def bind(self, session_id: str, principal: Principal) -> None:
+        if not (session_id.isascii() and session_id.isprintable()) or " " in session_id:
+            # MCP transports: a session id is visible ASCII. Clients could not send another back (I4 refuses it).
+            raise UpstreamError("upstream_bad_session_id", "the upstream's Mcp-Session-Id is not visible ASCII")
         key = _key(session_id)
         if key not in self._owners:
             self._owners[key] = (principal.issuer, principal.subject)

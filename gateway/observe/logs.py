@@ -25,6 +25,8 @@ import sys
 import time
 from typing import Any
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 REDACTED = "[redacted]"
 
 # Defence in depth for T11: whatever a library logs (aiohttp prints bad request lines and headers), a
@@ -162,6 +164,19 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+class MalformedHttpFilter(logging.Filter):
+    """R5, I9: a request aiohttp's parser refuses is the client's mistake, not ours: one INFO line naming
+    the kind of problem, instead of an ERROR traceback quoting the raw bytes (which may hold a secret)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args, record.exc_info, record.exc_text = (
+                "refused a malformed HTTP request (%s, %s)", (type(exc).__name__, exc.code), None, None)
+        return True
+
+
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
@@ -171,3 +186,6 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     root.setLevel(level.upper())
     # aiohttp's own access log is replaced by the gateway's (one line per request, with a reason).
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedHttpFilter) for f in server.filters):
+        server.addFilter(MalformedHttpFilter())

@@ -1,28 +1,35 @@
 """Header hygiene in both directions, in one place (U1, I4, I5).
 
-``check_client_headers`` runs at the edge, before anything else: MCP and session headers sent twice, or
-spelled with underscores, are refused (400), and so is a second ``Origin`` (403). Which copy would a later
-hop read? CGI, WSGI and PHP servers turn ``Mcp_Session_Id`` into ``HTTP_MCP_SESSION_ID``, the same as
-``Mcp-Session-Id``, so an underscore spelling would skip the session binding here and be obeyed there.
+``check_client_headers`` runs at the edge, before anything else: MCP and session headers sent twice,
+spelled with anything but dashes between the words, or with a value that is not printable ASCII, are
+refused (400), and so is a second ``Origin`` (403). Which copy would a later hop read? CGI, WSGI and PHP
+servers turn ``Mcp_Session_Id`` (and PHP ``Mcp.Session.Id``) into ``HTTP_MCP_SESSION_ID``, the same as
+``Mcp-Session-Id``, so such a spelling would skip the session binding here and be obeyed there.
 
 ``upstream_request_headers`` builds what the upstream sees: the client's headers minus every credential,
 hop-by-hop header, header the gateway sets itself, and header that claims identity or routing (I5), plus
-the gateway's own. Header names with underscores are never forwarded (nginx's ``underscores_in_headers
-off`` default, for the same CGI reason). ``client_response_headers`` is the other direction.
+the gateway's own. Only names of letters, digits and dashes are forwarded (nginx drops underscores by
+default, ``underscores_in_headers off``, for the same CGI reason), and only ASCII values: aiohttp's client
+would silently drop other bytes, so the upstream would read another value than the one that arrived.
+``client_response_headers`` is the other direction.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.errors import BadRequest, Forbidden
+from gateway.errors import BadRequest, Forbidden, UnsupportedMediaType
 
 # I4: the MCP transport's own headers; each has one meaning, so each may appear once.
 MCP_HEADERS = frozenset({"mcp-session-id", "mcp-method", "mcp-name", "mcp-protocol-version", "last-event-id"})
 MCP_PARAM_PREFIX = "mcp-param-"  # MCP 2026-07-28 custom parameter headers, Mcp-Param-{Name}
+# A header name the way CGI-style servers compare it: anything but letters and digits is a separator.
+_SEPARATORS = re.compile(r"[^a-z0-9]")
+_FORWARDABLE_NAME = re.compile(r"[A-Za-z0-9-]+")
 
 # RFC 9110 §7.6.1: hop-by-hop fields are meaningful for one connection only.
 HOP_BY_HOP_HEADERS = frozenset({
@@ -43,15 +50,20 @@ CLIENT_ONLY_REQUEST_HEADERS = frozenset({
 # (it sets X-Forwarded-For/Proto/Host itself); auth proxies (oauth2-proxy, Pomerium), CDNs and rewriting
 # front ends use these, and an upstream that trusts one would believe the client.
 IDENTITY_CLAIMING_HEADERS = frozenset({
-    "forwarded", "x-real-ip", "true-client-ip", "x-client-ip", "x-cluster-client-ip", "cf-connecting-ip",
-    "fastly-client-ip", "x-original-forwarded-for", "x-envoy-external-address",
-    "remote-user", "x-remote-user", "x-user", "x-email",
-    "x-original-url", "x-rewrite-url", "x-original-uri", "x-original-host", "x-host", "x-http-method-override",
+    "forwarded", "x-forwarded", "forwarded-for", "client-ip", "via", "x-real-ip", "true-client-ip",
+    "x-cluster-client-ip", "cf-connecting-ip", "fastly-client-ip", "x-original-forwarded-for",
+    "remote-user", "x-remote-user", "x-user", "x-email", "x-userinfo", "x-webauth-user",
+    "x-original-url", "x-rewrite-url", "x-original-uri", "x-original-host", "x-host",
+    "x-http-method-override", "x-http-method", "x-method-override",
     # E1 already decided the origin; real MCP SDK servers with DNS-rebinding protection answer 403 to a
     # browser origin they were not told about, which turned every browser client into a 502.
     "origin", "referer",
 })
-IDENTITY_CLAIMING_PREFIXES = ("x-forwarded-", "x-auth-request-")
+IDENTITY_CLAIMING_PREFIXES = (
+    "x-forwarded-", "forwarded-", "x-auth-", "x-authenticated-", "x-client-", "x-ssl-", "ssl-client-",
+    "x-envoy-", "x-amzn-oidc-", "x-ms-client-principal", "x-goog-authenticated-", "x-goog-iap-",
+    "cf-access-", "x-pomerium-", "x-consumer-", "x-credential-", "x-webauth-",
+)
 
 # Not passed back to the client: framing is redone by aiohttp; cookies would only come back to be stripped;
 # an upstream challenge concerns the gateway's own credentials (U4), never the client.
@@ -67,17 +79,24 @@ def check_client_headers(headers: CIMultiDictProxy[str]) -> None:
     """I4: refuse what two hops could read differently. Raises ``BadRequest`` or ``Forbidden``."""
     seen: set[str] = set()
     origins = 0
-    for name, _ in headers.items():  # items(), not keys(): keys() names a header sent twice only once
+    for name, value in headers.items():  # items(), not keys(): keys() names a header sent twice only once
         lower = name.lower()
         if lower == "origin":
             origins += 1
             continue
-        dashed = lower.replace("_", "-")
+        if lower == "content-encoding" and value.strip().lower() != "identity":
+            # MCP clients do not compress requests. Refusing them keeps zlib off the request path: no
+            # decompression bombs, no half-decoded bodies, and the bytes decided are the bytes received.
+            raise UnsupportedMediaType("content_encoding", f"Content-Encoding {value[:30]!r} (requests are not decompressed)")
+        dashed = _SEPARATORS.sub("-", lower)
         if dashed in MCP_HEADERS or dashed.startswith(MCP_PARAM_PREFIX):
             if dashed != lower:
-                raise BadRequest("underscore_header", f"{name[:60]!r} is an underscore spelling of an MCP header")
+                raise BadRequest("underscore_header", f"{name[:60]!r} is another spelling of an MCP header")
             if lower in seen:
                 raise BadRequest("repeated_header", f"{name[:60]} sent more than once")
+            if not (value.isascii() and value.isprintable()) or (lower == "mcp-session-id" and " " in value):
+                # MCP: a session id is visible ASCII; other values travel =?base64?...?= when they are not ASCII.
+                raise BadRequest("header_value", f"{name[:60]} has a value that is not printable ASCII")
             seen.add(lower)
     if origins > 1:
         raise Forbidden("multiple_origins", f"{origins} Origin headers", message="Origin not allowed")
@@ -115,7 +134,9 @@ def upstream_request_headers(
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in client_headers.items():
         lower = name.lower()
-        if lower in dropped or "_" in lower or lower in named or lower.startswith(IDENTITY_CLAIMING_PREFIXES):
+        if lower in dropped or lower in named or lower.startswith(IDENTITY_CLAIMING_PREFIXES):
+            continue
+        if not _FORWARDABLE_NAME.fullmatch(name) or not value.isascii():
             continue
         headers.add(name, value)
     public = urlsplit(public_url)
