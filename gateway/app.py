@@ -29,6 +29,7 @@ from gateway.edge.health import Readiness, healthz, readyz_handler
 from gateway.edge.responses import error_response
 from gateway.endpoint import REQUEST_ID, McpEndpoint, log_refusal
 from gateway.errors import GatewayError, NotFound
+from gateway.limits import PrincipalLimiter
 from gateway.mcp.sessions import SessionBindings
 from gateway.observe.audit import AuditLog
 from gateway.observe.metrics import Metrics, StateCollector, metrics_handler
@@ -130,6 +131,7 @@ class Gateway:
         if config.upstream.identity_assertion is not None:
             identity.append(IdentityAssertion(config.upstream.identity_assertion,
                                               issuer=config.server.public_url, audience=config.upstream.url))
+        self.limiter = PrincipalLimiter(config.limits.per_principal)
         self.endpoint = McpEndpoint(
             config,
             proxy=self.proxy,
@@ -143,6 +145,7 @@ class Gateway:
             credential=self.credential,
             identity=identity,
             metrics=self.metrics,
+            limiter=self.limiter,
         )
         self.metrics.collect_state(StateCollector(jwks=self.jwks, introspector=self.introspector, policies=self.policies))
         self._background: list[asyncio.Task[None]] = []
@@ -164,7 +167,8 @@ class Gateway:
         app = web.Application(
             middlewares=[self.connections.middleware, observe_requests],
             client_max_size=self.config.server.max_body_bytes + 1,
-            handler_args={"max_field_size": 16 * 1024},
+            # Request bodies are never decompressed (Content-Encoding is refused at the edge, 415).
+            handler_args={"max_field_size": 16 * 1024, "auto_decompress": False},
         )
         app.router.add_get("/healthz", healthz, allow_head=True)
         app.router.add_get("/readyz", readyz_handler(self.readiness), allow_head=True)

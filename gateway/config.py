@@ -224,6 +224,10 @@ class AuditConfig:
     file: Path | None = None
 
 
+# Pooled connections to the upstream (gateway.upstream.proxy); a principal's share must stay below it.
+UPSTREAM_POOL_SIZE = 1024
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PrincipalLimitsConfig:
     concurrent: int = 64  # R3: requests and streams in flight per principal
@@ -433,6 +437,23 @@ class _Section:
             self.problems.error(self.key_path(key), f"must be at least {minimum}{upper}")
             return default
         return raw
+
+    def take_float(self, key: str, default: float, *, minimum: float = 0.0) -> float:
+        raw = self._raw(key)
+        if raw is _MISSING or raw is None:
+            return default
+        if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+            self.problems.error(self.key_path(key), "must be a number")
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            self.problems.error(self.key_path(key), f"must be a number, not {raw!r}")
+            return default
+        if not value >= minimum or value == float("inf"):
+            self.problems.error(self.key_path(key), f"must be a finite number of at least {minimum:g}")
+            return default
+        return value
 
     def take_bool(self, key: str, default: bool) -> bool:
         raw = self._raw(key)
@@ -727,10 +748,11 @@ def _introspection(s: _Section) -> IntrospectionConfig:
 
 
 def _principal_limits(s: _Section) -> PrincipalLimitsConfig:
-    rate = s.take_int("rate", 0, minimum=0)
+    rate = s.take_float("rate", 0.0, minimum=0.0)
     return PrincipalLimitsConfig(
-        concurrent=s.take_int("concurrent", 64, minimum=1),
-        rate=float(rate),
+        # Below the upstream pool, so one principal can never hold every pooled connection (R3).
+        concurrent=s.take_int("concurrent", 64, minimum=1, maximum=UPSTREAM_POOL_SIZE - 1),
+        rate=rate,
         burst=s.take_int("burst", 0, minimum=0),
     )
 

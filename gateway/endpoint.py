@@ -1,10 +1,12 @@
 """The MCP endpoint: one request through the stages, in the order that is part of the security design.
 
-    edge ─► credentials ─► token ─► message ─► scopes ─► policy ─► session ─► upstream ─► response
+    edge ─► credentials ─► token ─► limits ─► message ─► scopes ─► policy ─► session ─► upstream ─► response
 
 Each stage either hands a richer request on or raises a ``GatewayError``; ``refuse`` turns that into a
 definite answer. Nothing reaches the upstream before every earlier stage has passed. Validity is checked
-before scopes (T10: an expired token that also lacks scopes gets 401), identity before policy.
+before scopes (T10: an expired token that also lacks scopes gets 401), identity before policy. The limits
+stage comes as soon as the caller is known, so a principal over its share costs no body read and no
+policy decision; its slot is held until the answer, a streamed one included, is over (R3).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from gateway.edge.challenge import Challenges
 from gateway.edge.origin import OriginPolicy
 from gateway.edge.responses import error_response
 from gateway.errors import Forbidden, GatewayError, MethodNotAllowed, PayloadTooLarge, RequestTimeout
+from gateway.limits import PrincipalLimiter, Slot
 from gateway.mcp.jsonrpc import Batch, Message, check_routing_headers, parse_body
 from gateway.mcp.listing import LIST_METHODS, ListFilter
 from gateway.mcp.sessions import SessionBindings
@@ -79,6 +82,7 @@ class _RequestState:
     rpc_id: Any = None  # the id a refusal's JSON-RPC error answers
     audited: bool = False
     token: str = field(default="", repr=False)  # the client's token: for a token exchange only, never upstream
+    slot: Slot | None = None  # R3: this request's place in its principal's share, released when it ends
 
 
 def log_refusal(request: web.Request, error: GatewayError, principal: Principal | None = None) -> None:
@@ -110,6 +114,7 @@ class McpEndpoint:
         credential: UpstreamCredential,
         identity: list[IdentityHeaders | IdentityAssertion],
         metrics: Metrics,
+        limiter: PrincipalLimiter,
     ):
         self.config = config
         self.proxy = proxy
@@ -123,6 +128,7 @@ class McpEndpoint:
         self.credential = credential
         self.identity = identity
         self.metrics = metrics
+        self.limiter = limiter
         # U1, I5: what the client sent is never forwarded when the gateway sets it itself (identity headers,
         # the request id) or the configuration says so (upstream.strip_headers).
         self._never_forwarded = never_forwarded((
@@ -144,6 +150,8 @@ class McpEndpoint:
             state.stage = "token"
             state.principal = await self.authenticator.authenticate(state.token)  # T2-T9
             state.credential_stage = False
+            state.stage = "limits"
+            state.slot = self.limiter.acquire(state.principal)  # R3
             body = None
             if request.method == "POST":  # Z5, Z6
                 state.stage = "message"
@@ -162,6 +170,9 @@ class McpEndpoint:
             response = await self._forward(request, state.batch.canonical if state.batch else None, state)  # U1-U4
         except GatewayError as error:
             return self.refuse(request, error, state)
+        finally:
+            if state.slot is not None:
+                state.slot.release()  # R3: answered, refused, upstream failed, or the client gone (cancelled)
         self.metrics.requests.labels("forwarded", str(response.status)).inc()
         return response
 

@@ -6,6 +6,12 @@ must be finite numbers within ±2^53, values with whitespace never match), cache
 the token (positive ones no longer than the token lives, negative ones briefly), and lets concurrent
 requests carrying the same new token share one call. An endpoint that cannot be reached gives 503 with
 ``Retry-After``: the gateway's trouble is not the client's, so never a 401.
+
+R6: at most ``auth.introspection.max_concurrent`` calls are in flight; a request that would start one more
+gets 503 ``introspection_busy`` with ``Retry-After`` at once, never a queue (every new random opaque token
+costs a call, so an unbounded queue is the attacker's). Cache hits and requests joining the call already
+in flight for their token take no place. A call runs as its own task: a client that goes away neither
+cancels it for the others waiting on it nor frees its place before the endpoint has answered.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
@@ -32,6 +39,7 @@ log = logging.getLogger(__name__)
 
 NEGATIVE_TTL = 10.0
 MAX_RESPONSE_BYTES = 64 * 1024
+BUSY_RETRY_AFTER = 1  # seconds: calls take milliseconds, so places free quickly
 
 EndpointResolver = Callable[[], Awaitable[str]]
 
@@ -56,10 +64,11 @@ class Introspector:
             maxsize=max_entries, ttu=self._expiry, timer=clock
         )
         self._expiries: dict[int, float] = {}
-        self._inflight: dict[bytes, asyncio.Future[Principal]] = {}
+        self._inflight: dict[bytes, asyncio.Task[Principal]] = {}  # one per token: its size is the calls in flight
         self._session: aiohttp.ClientSession | None = None
         self.calls = 0
         self.cache_hits = 0
+        self.busy_refusals = 0
 
     def _expiry(self, key: bytes, value: Principal | Unauthenticated, now: float) -> float:
         if isinstance(value, Unauthenticated):
@@ -71,6 +80,8 @@ class Introspector:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
 
     async def close(self) -> None:
+        for call in self._inflight.values():
+            call.cancel()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -83,25 +94,33 @@ class Introspector:
             return cached
         if isinstance(cached, Unauthenticated):
             raise Unauthenticated(cached.reason, cached.detail + " (cached)")
-        pending = self._inflight.get(token_hash)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[Principal] = asyncio.get_running_loop().create_future()
-        self._inflight[token_hash] = future
+        call = self._inflight.get(token_hash)
+        if call is None:
+            if len(self._inflight) >= self.config.max_concurrent:
+                self.busy_refusals += 1
+                busy = VerifierUnavailable("introspection_busy", f"{len(self._inflight)} introspection calls in flight "
+                                                                 "(auth.introspection.max_concurrent)")
+                busy.retry_after = BUSY_RETRY_AFTER
+                raise busy
+            call = asyncio.create_task(self._call_and_cache(token, token_hash), name="introspection")
+            call.add_done_callback(partial(self._called, token_hash))
+            self._inflight[token_hash] = call
+        return await asyncio.shield(call)
+
+    async def _call_and_cache(self, token: str, token_hash: bytes) -> Principal:
         try:
             principal = await self._call(token)
-        except BaseException as exc:
-            if isinstance(exc, Unauthenticated):
-                self._cache[token_hash] = exc
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters, if any, re-raise it themselves
+        except Unauthenticated as exc:
+            # A fresh copy: the raised one's traceback holds the call's frames (the token, the answer).
+            self._cache[token_hash] = Unauthenticated(exc.reason, exc.detail)
             raise
-        else:
-            self._cache[token_hash] = principal
-            future.set_result(principal)
-            return principal
-        finally:
-            del self._inflight[token_hash]
+        self._cache[token_hash] = principal
+        return principal
+
+    def _called(self, token_hash: bytes, call: asyncio.Task[Principal]) -> None:
+        del self._inflight[token_hash]
+        if not call.cancelled():
+            call.exception()  # retrieved: the waiters, if any are left, raise it themselves
 
     async def _call(self, token: str) -> Principal:
         if self._session is None:

@@ -5,6 +5,10 @@ discovered from RFC 8414 / OpenID metadata whose ``issuer`` must match), the las
 to fetch again. Its promises:
 
 - one fetch at a time per issuer, shared by every request that waits for it;
+- R6: a request waits for a fetch only when it needs one: while there are keys, ``keys`` answers at once,
+  even while a refetch for some (possibly forged) token's unknown ``kid`` runs, and stale keys are served
+  while one refresh runs in the background (stale-while-revalidate). Only with no keys at all does a
+  request wait, and only a token whose ``kid`` is unknown waits for its refetch;
 - a token with an unknown ``kid`` causes at most one refetch per ``jwks.refresh_cooldown`` per issuer;
 - lifetimes come from ``Cache-Control: max-age``, clamped to ``jwks.cache_min``..``jwks.cache_max``;
 - when a refresh fails the last good keys stay in use; with no keys at all the request gets 503, not 401;
@@ -23,6 +27,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -133,11 +138,18 @@ class JwksCache:
     # -- what requests use --------------------------------------------------------------------
 
     async def keys(self, issuer: str) -> KeySet:
-        """The issuer's current keys: cached while fresh, refetched when stale, stale kept on failure."""
+        """The issuer's current keys, at once whenever there are some (R6).
+
+        Fresh keys are served as they are, whatever fetch is in flight. Stale keys are served too, while
+        one shared refresh runs in the background; when it fails they stay in use (T8). Only with no keys
+        at all does the caller wait for a fetch.
+        """
         state = self._states[issuer]
+        if state.keys is not None:
+            if self.clock() >= state.expires_at:
+                self._start_fetch(state)  # stale-while-revalidate: a no-op while a fetch is in flight
+            return state.keys
         if self.clock() < state.expires_at and state.inflight is None:
-            if state.keys is not None:
-                return state.keys
             # The last fetch failed and the cool-down runs: forged tokens must not make us fetch per request.
             raise VerifierUnavailable("jwks_unavailable", f"no keys for {issuer} (retrying after the cool-down)")
         return await self._refresh_or_keep(state)
@@ -183,16 +195,31 @@ class JwksCache:
 
     # -- fetching -----------------------------------------------------------------------------
 
-    async def _refresh_or_keep(self, state: _IssuerState, *, quiet: bool = False) -> KeySet:
+    def _start_fetch(self, state: _IssuerState) -> asyncio.Task[KeySet]:
+        """The issuer's one fetch in flight, started if there is none. It runs to its end even when every
+        request waiting for it has gone (``shield``), so its result is never wasted."""
         if state.inflight is None:
-            state.inflight = asyncio.create_task(self._fetch(state))
-            state.inflight.add_done_callback(lambda _task, s=state: setattr(s, "inflight", None))
+            state.inflight = asyncio.create_task(self._fetch(state), name=f"jwks-fetch {state.config.issuer}")
+            state.inflight.add_done_callback(partial(self._fetched, state))
+        return state.inflight
+
+    @staticmethod
+    def _fetched(state: _IssuerState, task: asyncio.Task[KeySet]) -> None:
+        state.inflight = None
+        if task.cancelled():
+            return
+        exc = task.exception()  # retrieved here, so a background refresh that failed is not "never retrieved"
+        if isinstance(exc, FetchError) and state.keys is not None:
+            log.warning("JWKS refresh for %s failed, keeping the last good keys: %s", state.config.issuer, exc)
+        elif exc is not None and not isinstance(exc, FetchError):
+            log.error("JWKS fetch for %s failed unexpectedly", state.config.issuer, exc_info=exc)
+
+    async def _refresh_or_keep(self, state: _IssuerState, *, quiet: bool = False) -> KeySet:
         try:
-            return await asyncio.shield(state.inflight)
+            return await asyncio.shield(self._start_fetch(state))
         except FetchError as exc:
             if state.keys is not None:
-                log.warning("JWKS refresh for %s failed, keeping the last good keys: %s", state.config.issuer, exc)
-                return state.keys
+                return state.keys  # T8: the last good keys stay in use (``_fetched`` logged the failure)
             if not quiet:
                 log.warning("no keys for %s: %s", state.config.issuer, exc)
             raise VerifierUnavailable("jwks_unavailable", f"{state.config.issuer}: {exc}") from exc

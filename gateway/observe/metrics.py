@@ -63,6 +63,7 @@ class StateCollector(Collector):
         if self.introspector is not None:
             yield CounterMetricFamily(f"{PREFIX}_introspection_calls", "Calls to the introspection endpoint.", value=self.introspector.calls)
             yield CounterMetricFamily(f"{PREFIX}_introspection_cache_hits", "Introspection answers served from the cache.", value=self.introspector.cache_hits)
+            yield CounterMetricFamily(f"{PREFIX}_introspection_busy", "Introspections refused because auth.introspection.max_concurrent calls were in flight (R6).", value=self.introspector.busy_refusals)
         yield GaugeMetricFamily(f"{PREFIX}_policy_version", "Version of the Cedar policy set in force (1 at start, +1 per reload).", value=self.policies.current.version)
         yield GaugeMetricFamily(f"{PREFIX}_policy_count", "Cedar policies in force.", value=self.policies.current.policy_count)
         reloads = CounterMetricFamily(f"{PREFIX}_policy_reloads", "Policy reloads by result.", labels=["result"])
