@@ -471,3 +471,26 @@ def test_i7_principal_id_keeps_sub_and_iss_raw():
     qualified = principal_from_claims(claims, token_type="jwt", namespace="corp")
     assert (qualified.entity_id, qualified.subject, qualified.issuer) == ("corp/alice", "alice", "https://idp.example.com")
     assert principal_from_claims(claims, token_type="jwt").entity_id == "alice"
+
+
+async def test_i6_an_introspected_sub_that_is_not_a_string_never_becomes_the_client(start_gateway, upstream, issuer):
+    """Red-team finding: {"sub": 123, "client_id": "svc-admin"} used to be the principal svc-admin."""
+    client = await start_gateway(upstream.url, authenticated=False, auth={"introspection": {
+        "client_id": "gateway", "client_secret": "gateway-secret"}})
+    for answer in ({"sub": 123, "client_id": "svc-admin"}, {"sub": "", "client_id": "svc-admin"}, {"sub": None, "client_id": "svc-admin"}):
+        token = issuer.opaque(**answer)
+        issuer.opaque_tokens[token]["sub"] = answer["sub"]  # opaque() drops None values; put it back
+        response = await client.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers=bearer(token))
+        assert response.status == 401, answer
+    assert upstream.received == []
+
+
+async def test_i6_an_introspected_refresh_token_is_not_an_access_token(start_gateway, upstream, issuer):
+    client = await start_gateway(upstream.url, authenticated=False, auth={"introspection": {
+        "client_id": "gateway", "client_secret": "gateway-secret"}})
+    for token_type in ("refresh_token", "urn:ietf:params:oauth:token-type:refresh_token", "id_token"):
+        response = await client.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                                     headers=bearer(issuer.opaque(token_type=token_type)))
+        assert response.status == 401, token_type
+    ok = await client.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers=bearer(issuer.opaque(token_type="Bearer")))
+    assert ok.status == 200

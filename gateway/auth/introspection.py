@@ -34,10 +34,14 @@ from gateway.auth.jwt import IssuerRules, time_claim
 from gateway.auth.principal import Principal, principal_from_claims
 from gateway.config import IntrospectionConfig
 from gateway.errors import Unauthenticated, VerifierUnavailable
+from gateway.mcp.jsonrpc import MAX_DEPTH as MAX_CLAIM_DEPTH
+from gateway.mcp.jsonrpc import nested_deeper_than
 
 log = logging.getLogger(__name__)
 
 NEGATIVE_TTL = 10.0
+# token_type values (RFC 7662 §2.2, RFC 8693 §3 URIs) that name something other than an access token.
+NOT_ACCESS_TOKENS = ("refresh", "id_token", "id-token", "authorization_code", "code")
 MAX_RESPONSE_BYTES = 64 * 1024
 BUSY_RETRY_AFTER = 1  # seconds: calls take milliseconds, so places free quickly
 
@@ -178,9 +182,18 @@ class Introspector:
         iat = time_claim(answer, "iat", reason="introspection_claim_malformed")
         if iat is not None and now + leeway < iat:
             raise Unauthenticated("token_issued_in_future", "introspected token issued in the future")
+        token_type = answer.get("token_type")
+        if isinstance(token_type, str) and any(kind in token_type.lower() for kind in NOT_ACCESS_TOKENS):
+            # RFC 7662 §2.2 token_type: a refresh token (or an ID token) is not a credential for this resource.
+            raise Unauthenticated("introspection_not_an_access_token", f"token_type {token_type[:60]!r}")
+        if nested_deeper_than(dict(answer), MAX_CLAIM_DEPTH):
+            raise Unauthenticated("introspection_claim_malformed", f"claims nested deeper than {MAX_CLAIM_DEPTH} levels")
         claims = dict(answer)
         claims["iss"] = iss
-        if not isinstance(claims.get("sub"), str) or not claims["sub"]:
+        if "sub" in claims and (not isinstance(claims["sub"], str) or not claims["sub"]):
+            # Only a missing sub may fall back to the client: {"sub": 123, "client_id": "svc-admin"} is not svc-admin.
+            raise Unauthenticated("introspection_claim_malformed", "sub is not a non-empty string")
+        if "sub" not in claims:
             # RFC 7662 makes sub optional; without a resource owner (client credentials) RFC 9068 §2.2 says
             # the subject is the client, so the client id stands in for it.
             if not isinstance(claims.get("client_id"), str) or not claims["client_id"]:
