@@ -36,6 +36,7 @@ from gateway.authz.entities import (
     uid,
 )
 from gateway.config import AuthorizationConfig
+from gateway.memo import ByteBoundedMemo
 from gateway.mcp.jsonrpc import Message
 
 log = logging.getLogger(__name__)
@@ -321,7 +322,8 @@ class Authorizer:
         self._decisions: TTLCache[bytes, Decision] = TTLCache(maxsize=decision_cache_size, ttl=300)
         # Filtered list answers by (listing scope, hash of the upstream's bytes): servers answer tools/list
         # with the same bytes again and again, and the same caller then gets the same filtered bytes.
-        self.filtered_lists: TTLCache[tuple[bytes, bytes], bytes | None] = TTLCache(maxsize=10_000, ttl=300)
+        # R2: bounded in bytes (16 MiB in all, no entry over 1 MiB; gateway.memo), list answers only.
+        self.filtered_lists: ByteBoundedMemo = ByteBoundedMemo()
 
     def listing_scope(self, principal: Principal) -> bytes:
         """What list filtering depends on besides the list itself: the caller's attributes and the policies."""

@@ -18,9 +18,14 @@ decides what the caller sees (ToolHive #5257):
 - a list key whose value is not a list, an item that is not an object, has no string name or two
   spellings of its name key, are dropped (fail closed).
 
-Answers that cannot mention a list key (``_mentions_a_list_key``) pass byte for byte, unparsed, unless a
+Answers that cannot mention a list key (``mentions_a_list_key``) pass byte for byte, unparsed, unless a
 list was asked for (``strict``), when every frame is read and one the filter cannot read fails closed: a
-JSON body becomes a 502, an SSE event is dropped.
+JSON body becomes a 502, an SSE event is dropped. The proxy uses the same pre-check to decide which JSON
+answers it may stream without reading them whole, and which it must hold (R2, ``gateway.upstream.proxy``).
+
+Filtered answers are memoized (R2): only answers in which a list result was actually found, of at most
+``MEMO_ENTRY_MAX_BYTES`` in and out, under a memo that bounds its bytes (``gateway.memo``). An answer that
+held no list is never kept, whatever it mentioned.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from gateway.errors import UpstreamError
+from gateway.memo import MEMO_ENTRY_MAX_BYTES, remembers
 from gateway.mcp.sse import Event, format_event, parse_event
 
 log = logging.getLogger(__name__)
@@ -69,11 +75,22 @@ _LETTER_ESCAPE = re.compile(rb"\\u(?:00[4-7][0-9a-fA-F]|017[fF])")
 _SPELLED_OTHERWISE = ("\u017f".encode(), b"\x00")
 
 
-def _mentions_a_list_key(raw: bytes) -> bool:
+def mentions_a_list_key(raw: bytes) -> bool:
     """False only for bytes that no JSON reader can find a list key in, whatever their shape."""
     if any(marker in raw for marker in _SPELLED_OTHERWISE) or _LIST_KEY.search(raw) is not None:
         return True
     return b"\\u" in raw and _LETTER_ESCAPE.search(raw) is not None
+
+
+_mentions_a_list_key = mentions_a_list_key  # the name the tests of the pre-check import
+
+# The longest byte string the pre-check looks for is a quoted "resourceTemplates" (19 bytes). A scan of a
+# body chunk by chunk that keeps this many bytes of the previous chunk in front of the next one finds
+# every match that a scan of the whole body finds.
+LIST_KEY_LOOK_BEHIND = max(len(key) + 2 for key in _FOLDED) - 1
+
+
+_MISSING = object()
 
 
 class _Unreadable(ValueError):
@@ -114,6 +131,7 @@ class ListFilter:
         self._memo = memo
         self.strict = strict
         self.removed = 0
+        self.lists_found = 0  # list results met so far (whether or not anything was removed from them)
 
     def allowed(self, method: str, name: str) -> bool:
         if self._allowed is None:
@@ -126,15 +144,23 @@ class ListFilter:
         return self._scope
 
     def _memoized(self, raw: bytes, compute: Callable[[bytes], bytes | None]) -> bytes | None:
-        """Same caller scope and same upstream bytes give the same output: compute it once."""
-        scope = self._memo_scope() if self._memo is not None else None
+        """Same caller scope and same upstream bytes give the same output: compute it once.
+
+        R2: kept only when ``compute`` found a list result and input and output are small enough; an
+        answer without a list (an escape or a word made the pre-check look) is never retained."""
+        if self._memo is None or len(raw) > MEMO_ENTRY_MAX_BYTES:
+            return compute(raw)
+        scope = self._memo_scope()
         if scope is None:
             return compute(raw)
         key = (scope, hashlib.sha256(raw).digest())
-        if key in self._memo:
-            return self._memo[key]
+        found = self._memo.get(key, _MISSING)  # one look-up: an entry may expire between two
+        if found is not _MISSING:
+            return found
+        lists_before = self.lists_found
         result = compute(raw)
-        self._memo[key] = result
+        if self.lists_found > lists_before and remembers(result):
+            self._memo[key] = result
         return result
 
     # -- messages ---------------------------------------------------------------------------------------
@@ -167,6 +193,7 @@ class ListFilter:
             if spec is None:
                 continue
             method, name_key, folded_name_key = spec
+            self.lists_found += 1
             if not isinstance(items, list):
                 log.warning("a list result's %r is a %s, not a list; replaced by an empty list", key, type(items).__name__)
                 self.removed += 1
@@ -195,10 +222,10 @@ class ListFilter:
     # -- JSON bodies ------------------------------------------------------------------------------------
 
     def filter_json_body(self, body: bytes) -> bytes:
-        mentions = _mentions_a_list_key(body)
-        if not (mentions or self.strict):
-            return body
-        result = self._memoized(body, lambda raw: self._filter_json_body(raw, mentions))
+        if not mentions_a_list_key(body):
+            # No list can be found, so nothing to memoize; strict still proves the body readable.
+            return self._filter_json_body(body, False) if self.strict else body
+        result = self._memoized(body, lambda raw: self._filter_json_body(raw, True))
         return body if result is None else result
 
     def _filter_json_body(self, body: bytes, mentions: bool) -> bytes:
@@ -213,10 +240,9 @@ class ListFilter:
     # -- SSE events -------------------------------------------------------------------------------------
 
     def filter_event(self, raw: bytes) -> bytes | None:
-        mentions = _mentions_a_list_key(raw)
-        if not (mentions or self.strict):
-            return raw
-        return self._memoized(raw, lambda raw: self._filter_event(raw, mentions))
+        if not mentions_a_list_key(raw):
+            return self._filter_event(raw, False) if self.strict else raw
+        return self._memoized(raw, lambda raw: self._filter_event(raw, True))
 
     def _filter_event(self, raw: bytes, mentions: bool) -> bytes | None:
         try:

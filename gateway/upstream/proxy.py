@@ -3,6 +3,33 @@
 Owns the one pooled ``ClientSession``, the timeouts, and the pass-through of Server-Sent Events chunk by
 chunk as they arrive. Header hygiene lives in ``gateway.upstream.headers``. It makes no decisions about
 the caller: by the time ``forward`` runs, identity and policy are settled.
+
+Memory (R2). An answer is held in memory only while it may be a list the filter has to rewrite (Z4, I8);
+everything else streams through in the chunks it arrives in. For an ``application/json`` answer the
+list filter's own pre-check (``mentions_a_list_key``: could any JSON reader find a list key in these
+bytes?) decides, applied to what has arrived so far:
+
+- a list was asked for (``require_transform``): the answer is read whole, up to
+  ``upstream.max_list_bytes``, and filtered; a larger one (by ``Content-Length`` or as it arrives) is a
+  ``502`` (``upstream_list_too_large``);
+- otherwise the first ``STREAM_AFTER`` bytes (1 MiB, or ``max_list_bytes`` if smaller) are held and
+  scanned. An answer that ends within them is handed to the filter whole, as before. One that mentions a
+  list key in them is read whole up to ``max_list_bytes`` and filtered, else ``502`` as above: it may hold
+  a list that is too big to filter;
+- an answer that mentions no list key in its first MiB is streamed from there on: the held bytes are sent,
+  then every chunk, each scanned first with the last ``LIST_KEY_LOOK_BEHIND`` bytes of the one before (so a
+  key split across chunks is seen). A list key that first appears after the headers were sent cannot be
+  filtered any more and the bytes before it cannot be taken back, so the gateway fails closed: the chunk
+  holding it is not sent, the client connection is aborted (the client sees an incomplete body, never
+  a complete answer) and the reason is logged as ``upstream_late_list_key``. No MCP server puts a list
+  result behind a megabyte of other members; a hostile one gets a broken answer, never an unfiltered list.
+
+So the gateway holds at most ``max(max_list_bytes, STREAM_AFTER)`` bytes of one JSON answer (plus a
+chunk), whatever its size; parsing a list of that size costs a few times more in objects, which is what
+``max_list_bytes`` bounds. SSE events are held one at a time by the framer (``EventSplitter``, 16 MiB or
+``max_list_bytes`` at most); an event that the filter would parse (it mentions a list key, or a list was
+asked for) and is larger than ``max_list_bytes`` is dropped and the stream ended with a log line (fail
+closed: headers are out, so no 502 is possible).
 """
 
 from __future__ import annotations
@@ -19,11 +46,17 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.config import UpstreamConfig
 from gateway.errors import UpstreamError, UpstreamTimeout
-from gateway.mcp.sse import EventSplitter
+from gateway.mcp.listing import LIST_KEY_LOOK_BEHIND, mentions_a_list_key
+from gateway.mcp.sse import MAX_EVENT_BYTES, EventSplitter
 from gateway.upstream.headers import client_response_headers
 from gateway.observe.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+# R2: a JSON answer with no list key in its first MiB streams from there on (see the module docstring).
+STREAM_AFTER = 1024 * 1024
+# Small answers (most JSON-RPC results) are one read and one write, with a Content-Length for the client.
+SMALL_BODY = 64 * 1024
 
 def is_event_stream(content_type: str | None) -> bool:
     return bool(content_type) and content_type.split(";", 1)[0].strip().lower() == "text/event-stream"
@@ -31,6 +64,10 @@ def is_event_stream(content_type: str | None) -> bool:
 
 def is_json(content_type: str | None) -> bool:
     return bool(content_type) and content_type.split(";", 1)[0].strip().lower() == "application/json"
+
+
+class _UpstreamEnded(Exception):
+    """The upstream's body broke off after the client's headers were sent."""
 
 
 class UpstreamProxy:
@@ -50,8 +87,12 @@ class UpstreamProxy:
         self._session = aiohttp.ClientSession(
             connector=connector,
             # Bodies stream for as long as the upstream keeps them open (long tool calls, SSE), so only
-            # connecting is bounded here; the wait for response headers is bounded in `forward`.
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.config.connect_timeout),
+            # connecting is bounded here; the wait for response headers is bounded in `forward`. `connect`
+            # covers waiting for a free pooled connection as well as opening one (R3: a full pool is no
+            # unbounded wait), `sock_connect` the TCP connect alone.
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=self.config.connect_timeout, sock_connect=self.config.connect_timeout,
+            ),
             auto_decompress=True,
             skip_auto_headers=("User-Agent",),
         )
@@ -88,8 +129,10 @@ class UpstreamProxy:
 
         ``extra_headers`` are added to the client's answer (CORS). ``on_response`` sees the upstream's
         status and headers before the client does (session binding). ``transform_json`` rewrites a whole
-        ``application/json`` body and ``transform_event`` each SSE event (Z4 list filtering); without
-        them bytes pass untouched, event streams chunk by chunk.
+        ``application/json`` body that may hold a list, other JSON bodies stream past it (R2, module
+        docstring); ``transform_event`` rewrites each SSE event (Z4 list filtering). ``require_transform``:
+        a list was asked for, so the answer must be filterable. Without transforms bytes pass untouched,
+        event streams chunk by chunk.
         """
         started = time.perf_counter()
         try:
@@ -97,6 +140,11 @@ class UpstreamProxy:
                 upstream = await self.session.request(
                     request.method, self.url, headers=headers, data=body, allow_redirects=False,
                 )
+        except aiohttp.ConnectionTimeoutError as exc:  # a TimeoutError too: caught first
+            raise UpstreamTimeout(
+                "upstream_timeout",
+                f"no connection to {self.host} within {self.config.connect_timeout:g}s (a free pooled one or a new one)",
+            ) from exc
         except TimeoutError as exc:
             raise UpstreamTimeout(
                 "upstream_timeout", f"no response headers within {self.config.response_timeout:g}s"
@@ -126,15 +174,17 @@ class UpstreamProxy:
                 if request.method == "GET":
                     self._standalone_streams.add(upstream)
                 try:
-                    return await self._relay_event_stream(request, upstream, response_headers, transform_event)
+                    return await self._relay_event_stream(
+                        request, upstream, response_headers, transform_event, strict=require_transform,
+                        request_id=headers.get("X-Request-Id"),
+                    )
                 finally:
                     self._standalone_streams.discard(upstream)
             if transform_json is not None and is_json(upstream.headers.get("Content-Type")):
-                try:
-                    payload = transform_json(await upstream.read())
-                except aiohttp.ClientError as exc:
-                    raise UpstreamError("upstream_broken", f"{type(exc).__name__}: {exc}") from exc
-                return web.Response(status=upstream.status, headers=response_headers, body=payload)
+                return await self._relay_json(
+                    request, upstream, response_headers, transform_json, strict=require_transform,
+                    request_id=headers.get("X-Request-Id"),
+                )
             if transform_json is not None and require_transform and 200 <= upstream.status < 300 and upstream.status != 202:
                 # A list was asked for and the answer is neither JSON nor SSE: it cannot be filtered (Z4).
                 raise UpstreamError("upstream_unreadable_list", f"list answer with Content-Type {upstream.headers.get('Content-Type')!r}")
@@ -149,7 +199,7 @@ class UpstreamProxy:
         self, request: web.Request, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str]
     ) -> web.StreamResponse:
         length = upstream.content_length
-        if length is not None and length <= 64 * 1024:
+        if length is not None and length <= SMALL_BODY:
             # Small answers (most JSON-RPC results): one read, one write, a Content-Length for the client.
             try:
                 payload = await upstream.read()
@@ -161,12 +211,111 @@ class UpstreamProxy:
         await self._pump(upstream, response, None)
         return response
 
+    async def _relay_json(
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        headers: CIMultiDict[str],
+        transform_json: Callable[[bytes], bytes],
+        *,
+        strict: bool,
+        request_id: str | None = None,
+    ) -> web.StreamResponse:
+        """R2, Z4: hold a JSON answer only while it may be a list; stream the rest (module docstring)."""
+        limit = self.config.max_list_bytes
+        length = upstream.content_length
+        holds_a_list = strict  # from here on: the answer is read whole (up to `limit`) and filtered
+        pieces: list[bytes] = []
+        size = 0
+        tail = b""  # the last bytes scanned, in front of the next chunk (a key split across two)
+        while True:
+            if holds_a_list and max(size, length or 0) > limit:
+                what = "a list answer" if strict else "an answer that may hold a list"
+                seen = f"Content-Length {length}" if (length or 0) > limit else f"{size} bytes read"
+                raise UpstreamError("upstream_list_too_large",
+                                    f"{what} is over upstream.max_list_bytes ({limit} bytes): {seen}")
+            if not holds_a_list and size > min(STREAM_AFTER, limit):
+                break  # no list key in the first STREAM_AFTER bytes: stream the rest
+            chunk = await self._read_chunk(upstream)
+            if not chunk:  # the whole answer is here: the filter reads it as one document
+                return web.Response(status=upstream.status, headers=headers, body=transform_json(b"".join(pieces)))
+            pieces.append(chunk)
+            size += len(chunk)
+            if not holds_a_list:
+                window = tail + chunk
+                holds_a_list = mentions_a_list_key(window)
+                tail = window[-LIST_KEY_LOOK_BEHIND:]
+        response = web.StreamResponse(status=upstream.status, headers=headers)
+        await response.prepare(request)
+        held = b"".join(pieces)
+        del pieces
+        try:
+            await response.write(held)
+            del held
+            while chunk := await self._read_chunk(upstream, streaming=True):
+                window = tail + chunk
+                if mentions_a_list_key(window):
+                    self._abort_late_list(request, size, request_id)
+                    return response
+                tail = window[-LIST_KEY_LOOK_BEHIND:]
+                size += len(chunk)
+                await response.write(chunk)
+        except _UpstreamEnded as exc:
+            # Headers are sent: no 502 is possible. An incomplete answer must not look complete.
+            log.warning("upstream JSON answer ended abruptly after %d bytes: %s; the client connection was closed",
+                        size, exc)
+            self._abort(request)
+            return response
+        except ConnectionResetError:
+            log.info("client went away during a streamed response; closing the upstream stream")
+            upstream.close()
+            return response
+        except asyncio.CancelledError:
+            upstream.close()
+            raise
+        try:
+            await response.write_eof()
+        except ConnectionResetError:
+            pass
+        return response
+
+    @staticmethod
+    async def _read_chunk(upstream: aiohttp.ClientResponse, *, streaming: bool = False) -> bytes:
+        """The next chunk of the body, ``b""`` at its end. An upstream failure before the client's headers
+        are sent is a 502; after, it is ``_UpstreamEnded`` for the caller to end the stream."""
+        try:
+            return await upstream.content.readany()
+        except (aiohttp.ClientError, asyncio.IncompleteReadError) as exc:
+            if streaming:
+                raise _UpstreamEnded(type(exc).__name__) from exc
+            raise UpstreamError("upstream_broken", f"{type(exc).__name__}: {exc}") from exc
+
+    def _abort_late_list(self, request: web.Request, sent: int, request_id: str | None) -> None:
+        log.error(
+            "refused %s %s: upstream_late_list_key: a list key appeared in a JSON answer after %d bytes had "
+            "been streamed to the client; the connection was aborted (fail closed, R2/I8)",
+            request.method, request.path, sent,
+            extra={"fields": {"reason": "upstream_late_list_key", "sent_bytes": sent, "request_id": request_id}},
+        )
+        if self.metrics is not None:
+            self.metrics.upstream_errors.labels("upstream_late_list_key").inc()
+        self._abort(request)
+
+    @staticmethod
+    def _abort(request: web.Request) -> None:
+        """End the client connection without the end of the body (no last chunk): the answer is incomplete."""
+        if request.transport is not None:
+            request.transport.abort()
+
     async def _relay_event_stream(
         self,
         request: web.Request,
         upstream: aiohttp.ClientResponse,
         headers: CIMultiDict[str],
         transform_event: Callable[[bytes], bytes | None] | None,
+        *,
+        strict: bool = False,
+        request_id: str | None = None,
     ) -> web.StreamResponse:
         headers.setdefault("Cache-Control", "no-cache")
         headers["X-Accel-Buffering"] = "no"  # tell any buffering proxy in front of us not to
@@ -175,7 +324,7 @@ class UpstreamProxy:
         if self.metrics is not None:
             self.metrics.open_streams.inc()
         try:
-            await self._pump(upstream, response, transform_event)
+            await self._pump(upstream, response, transform_event, strict=strict, request_id=request_id)
         finally:
             if self.metrics is not None:
                 self.metrics.open_streams.dec()
@@ -186,22 +335,41 @@ class UpstreamProxy:
         upstream: aiohttp.ClientResponse,
         response: web.StreamResponse,
         transform_event: Callable[[bytes], bytes | None] | None,
+        *,
+        strict: bool = False,
+        request_id: str | None = None,
     ) -> None:
         """Copy the upstream body as it arrives. An upstream dying mid-stream ends the stream cleanly."""
-        splitter = EventSplitter() if transform_event is not None else None
+        limit = self.config.max_list_bytes
+        splitter = EventSplitter(max(MAX_EVENT_BYTES, limit)) if transform_event is not None else None
         try:
             async for chunk in upstream.content.iter_any():
                 if splitter is None:
                     await response.write(chunk)
                     continue
                 try:
-                    replaced = [transform_event(event) for event in splitter.feed(chunk)]
-                except Exception:
-                    # Headers are sent, so no error status is possible: end the stream rather than
-                    # pass on an event that was not checked (fail closed).
-                    log.exception("could not filter an upstream event; the stream was ended")
+                    events = splitter.feed(chunk)
+                except ValueError as exc:
+                    log.error("upstream SSE framing failed (%s); the stream was ended", exc)
                     return
-                for event in replaced:
+                for raw in events:
+                    if len(raw) > limit and (strict or mentions_a_list_key(raw)):
+                        # R2: the filter would have to parse it, and it is over the list bound. Headers
+                        # are sent, so no 502: end the stream without it (fail closed).
+                        log.error("dropped an upstream SSE event of %d bytes that may hold a list (over "
+                                  "upstream.max_list_bytes, %d); the stream was ended: upstream_list_too_large",
+                                  len(raw), limit,
+                                  extra={"fields": {"reason": "upstream_list_too_large", "request_id": request_id}})
+                        if self.metrics is not None:
+                            self.metrics.upstream_errors.labels("upstream_list_too_large").inc()
+                        return
+                    try:
+                        event = transform_event(raw)
+                    except Exception:
+                        # Headers are sent, so no error status is possible: end the stream rather than
+                        # pass on an event that was not checked (fail closed).
+                        log.exception("could not filter an upstream event; the stream was ended")
+                        return
                     if event:
                         await response.write(event)
             if splitter is not None and splitter.pending:
