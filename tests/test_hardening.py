@@ -212,3 +212,47 @@ def test_t11_log_output_redacts_bearer_values_and_jwts():
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "token eyJhbGciOi.eyJzdWIi.c2ln here", None, None)
     RedactingFilter().filter(record)
     assert "eyJ" not in record.getMessage()
+
+
+# -- red-team review of the integrity work ----------------------------------------------------------------------
+
+
+async def test_i8_a_list_under_a_json_flavoured_content_type_is_filtered(start_gateway, upstream, issuer, tmp_path):
+    """The Python SDK takes any content type starting with application/json for JSON."""
+    client = await gateway_with_policy(start_gateway, upstream, tmp_path)
+    for content_type in ("application/json-rpc", "application/vnd.mcp+json", "text/event-streamx"):
+        async def answer(request: web.Request, received: Received, content_type=content_type) -> web.StreamResponse:
+            message = {"jsonrpc": "2.0", "id": 1, "result": {"tools": TOOLS}}
+            body = f"data: {json.dumps(message)}\n\n" if content_type.startswith("text/") else json.dumps(message)
+            return web.Response(body=body.encode(), headers={"Content-Type": content_type})
+
+        upstream.behaviour = answer
+        text = await (await client.post("/mcp", json=call("search"), headers=bearer(issuer.mint()))).text()
+        assert "drop_table" not in text and "search" in text, content_type
+
+
+async def test_u4_an_upstream_redirect_or_two_content_types_is_a_502(start_gateway, upstream, issuer, tmp_path):
+    async def redirect(request: web.Request, received: Received) -> web.StreamResponse:
+        return web.Response(status=302, headers={"Location": "https://evil.example/mcp"})
+
+    async def two_types(request: web.Request, received: Received) -> web.StreamResponse:
+        response = web.Response(body=json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"tools": TOOLS}}).encode())
+        response.headers.add("Content-Type", "application/json")
+        response.headers.add("Content-Type", "text/plain")
+        return response
+
+    client = await gateway_with_policy(start_gateway, upstream, tmp_path)
+    for behaviour in (redirect, two_types):
+        upstream.behaviour = behaviour
+        response = await client.post("/mcp", json=call("search"), headers=bearer(issuer.mint()))
+        assert response.status == 502 and "Location" not in response.headers and "drop_table" not in await response.text()
+
+
+async def test_i9_an_upstream_challenges_free_text_is_not_logged(start_gateway, upstream, issuer, tmp_path, caplog):
+    async def challenge(request: web.Request, received: Received) -> web.StreamResponse:
+        return web.Response(status=401, headers={"WWW-Authenticate": 'Bearer error="invalid_token", error_description="opaque-secret-xyz"'})
+
+    upstream.behaviour = challenge
+    client = await gateway_with_policy(start_gateway, upstream, tmp_path)
+    assert (await client.post("/mcp", json=call("search"), headers=bearer(issuer.mint()))).status == 502
+    assert "opaque-secret-xyz" not in caplog.text and "error=invalid_token" in caplog.text

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
@@ -58,12 +59,25 @@ STREAM_AFTER = 1024 * 1024
 # Small answers (most JSON-RPC results) are one read and one write, with a Content-Length for the client.
 SMALL_BODY = 64 * 1024
 
+# I8: media types are recognised the way lenient clients recognise them (the Python SDK tests
+# startswith("application/json"), the TypeScript SDK includes(...)): "application/json-rpc" and
+# "application/x+json" are JSON to them, so they are filtered as JSON here.
 def is_event_stream(content_type: str | None) -> bool:
-    return bool(content_type) and content_type.split(";", 1)[0].strip().lower() == "text/event-stream"
+    return bool(content_type) and content_type.split(";", 1)[0].strip().lower().startswith("text/event-stream")
 
 
 def is_json(content_type: str | None) -> bool:
-    return bool(content_type) and content_type.split(";", 1)[0].strip().lower() == "application/json"
+    media = content_type.split(";", 1)[0].strip().lower() if content_type else ""
+    return media.startswith("application/json") or media.endswith("+json") or media in ("text/json", "text/x-json")
+
+
+def challenge_summary(header: str | None) -> str:
+    """``Bearer error="invalid_token"`` from a WWW-Authenticate value, without any free-text parameter."""
+    if not header:
+        return "no WWW-Authenticate"
+    scheme = header.strip().split(" ", 1)[0][:20]
+    code = re.search(r'\berror="?([A-Za-z0-9_.-]{1,40})', header)
+    return f"WWW-Authenticate {scheme}" + (f" error={code.group(1)}" if code else "")
 
 
 class _UpstreamEnded(Exception):
@@ -159,12 +173,19 @@ class UpstreamProxy:
         try:
             if upstream.status in (401, 403):
                 # U4: a challenge from the upstream is about the gateway's own credential; passing it on
-                # would send the client to re-authenticate for a problem that is not theirs.
+                # would send the client to re-authenticate for a problem that is not theirs. Only the scheme
+                # and error code are logged: an error_description is free text (it has quoted tokens).
                 raise UpstreamError(
                     "upstream_refused_gateway",
-                    f"upstream answered {upstream.status} "
-                    f"(WWW-Authenticate: {upstream.headers.get('WWW-Authenticate', '-')[:200]})",
+                    f"upstream answered {upstream.status} ({challenge_summary(upstream.headers.get('WWW-Authenticate'))})",
                 )
+            if upstream.status < 200 or 300 <= upstream.status < 400:
+                # An MCP server has no business redirecting: a client following Location would take its
+                # token (and the call) elsewhere, so neither the status nor Location is passed on.
+                raise UpstreamError("upstream_redirect", f"upstream answered {upstream.status}")
+            if len(upstream.headers.getall("Content-Type", [])) > 1:
+                # Which one would the client believe? The list filter reads one, a client may read the other.
+                raise UpstreamError("upstream_ambiguous_content_type", "the upstream sent two Content-Type headers")
             if on_response is not None:
                 on_response(upstream.status, upstream.headers)
             response_headers = client_response_headers(upstream.headers)
