@@ -158,6 +158,9 @@ class McpEndpoint:
                 body = await read_body(request, self.config.server.max_body_bytes, self.config.server.body_timeout)
                 state.batch = parse_body(body, request.headers.get("Content-Type", ""), max_batch=self.config.server.max_batch)
                 check_routing_headers(state.batch, request.headers.get("Mcp-Method"), request.headers.get("Mcp-Name"))
+                for message in state.batch.messages:  # I2: argument keys as the tool's inputSchema spells them
+                    if message.method == "tools/call" and message.name is not None:
+                        self.authorizer.catalogue.check_arguments(message.name, message.params.get("arguments") or {})
             state.stage = "scopes"
             self.scopes.check(state.principal, state.batch.messages if state.batch else ())  # T10
             if state.batch is not None:
@@ -266,6 +269,7 @@ class McpEndpoint:
                 strict=lists_asked,
                 scope=lambda: self.authorizer.listing_scope(principal),
                 memo=self.authorizer.filtered_lists,
+                observe_tools=self.authorizer.catalogue.learn,
             )
         return await self.proxy.forward(
             request,

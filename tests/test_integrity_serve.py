@@ -290,3 +290,26 @@ async def test_i9_the_server_header_names_no_version(gateway, upstream, issuer):
     head = await asyncio.wait_for(reader.read(4096), 5)
     writer.close()
     assert b"400" in head.split(b"\r\n")[0] and b"\r\nServer: mcp-auth-gateway\r\n" in head
+
+
+# -- red-team finding (I2): a lone argument key in another letter case --------------------------------------
+
+
+async def test_i2_an_argument_key_spelled_otherwise_than_the_tools_schema_is_refused(gateway, upstream, issuer):
+    async def catalogue(request, received):
+        from aiohttp import web
+
+        message = json.loads(received.body)
+        if message.get("method") == "tools/list":
+            tools = [{"name": "query", "inputSchema": {"type": "object", "properties": {"table": {"type": "string"}, "A": {}, "a": {}}}}]
+            return web.json_response({"jsonrpc": "2.0", "id": message["id"], "result": {"tools": tools}})
+        return web.json_response({"jsonrpc": "2.0", "id": message.get("id"), "result": {"content": []}})
+
+    upstream.behaviour = catalogue
+    # Once the tool was listed, its inputSchema says how its arguments are spelled.
+    assert (await post(gateway, issuer, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))[0] == 200
+    for spelled in ("Table", "TABLE", "ta_ble"):
+        status, text = await post(gateway, issuer, call("query", **{spelled: "prod_orders"}))
+        assert status == 400, (spelled, text)
+    assert (await post(gateway, issuer, call("query", table="orders", A=1)))[0] == 200  # exact spellings pass
+    assert [json.loads(r.body)["method"] for r in upstream.received] == ["tools/list", "tools/call"]

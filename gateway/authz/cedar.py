@@ -37,6 +37,7 @@ from gateway.authz.entities import (
 )
 from gateway.config import AuthorizationConfig
 from gateway.memo import ByteBoundedMemo
+from gateway.mcp.catalogue import ToolCatalogue
 from gateway.mcp.jsonrpc import Message
 
 log = logging.getLogger(__name__)
@@ -324,6 +325,8 @@ class Authorizer:
         # with the same bytes again and again, and the same caller then gets the same filtered bytes.
         # R2: bounded in bytes (16 MiB in all, no entry over 1 MiB; gateway.memo), list answers only.
         self.filtered_lists: ByteBoundedMemo = ByteBoundedMemo()
+        # What the upstream says of its tools (from the tools/list answers relayed): spelling checks today.
+        self.catalogue = ToolCatalogue()
 
     def listing_scope(self, principal: Principal) -> bytes:
         """What list filtering depends on besides the list itself: the caller's attributes and the policies."""

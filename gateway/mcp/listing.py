@@ -123,8 +123,11 @@ class ListFilter:
         strict: bool = False,
         scope: Callable[[], bytes] | None = None,
         memo: MutableMapping[tuple[bytes, bytes], bytes | None] | None = None,
+        observe_tools: Callable[[list[Any]], None] | None = None,
     ):
+        """``observe_tools`` sees every ``tools`` list read, unfiltered (the tool catalogue learns from it)."""
         self._make_check = make_check  # built on the first list found: most answers hold none
+        self._observe_tools = observe_tools
         self._allowed: ItemCheck | None = None
         self._scope_of = scope
         self._scope: bytes | None = None
@@ -199,6 +202,8 @@ class ListFilter:
                 self.removed += 1
                 changed[key] = []
                 continue
+            if method == "tools/list" and self._observe_tools is not None:
+                self._observe_tools(items)  # what the upstream says of its tools, before filtering
             kept = [item for item in items if self._keeps(item, method, name_key, folded_name_key)]
             if len(kept) != len(items):
                 self.removed += len(items) - len(kept)
