@@ -181,10 +181,8 @@ class McpEndpoint:
 
     def authorize(self, principal: Principal, batch: Batch, state: _RequestState) -> None:
         """Z1, Z3, Z5: every evaluated message must be allowed; one denial refuses the whole batch."""
-        for message in batch.messages:
-            if not message.evaluated:
-                continue
-            decision = self.authorizer.decide(principal, message)
+        evaluated = [message for message in batch.messages if message.evaluated]
+        for message, decision in zip(evaluated, self.authorizer.decide_all(principal, evaluated), strict=True):
             self.metrics.decisions.labels("allow" if decision.allowed else "deny", decision.reason).inc()
             self._audit(state, message, "allow" if decision.allowed else "deny", decision.reason,
                         policies=decision.policies, policy_version=decision.policy_version, errors=decision.errors or None)

@@ -333,14 +333,14 @@ async def test_z4_listing_decisions_are_cached(gateway, issuer):
     token = issuer.mint()
     authorizer = gateway.gateway.authorizer
     calls = 0
-    original = authorizer.evaluate
+    original = authorizer.evaluate_all
 
-    def counting(request):
+    def counting(requests):
         nonlocal calls
-        calls += 1
-        return original(request)
+        calls += len(requests)
+        return original(requests)
 
-    authorizer.evaluate = counting
+    authorizer.evaluate_all = counting
     for _ in range(3):
         await post(gateway, token, rpc("tools/list"))
     assert calls == 3 + 3  # three tools/list decisions, three item decisions once

@@ -303,3 +303,27 @@ def test_z1_example_by_scope_write_scope_writes_and_sensitive_needs_admin():
     assert decide("by-scope", writer, call("create_ticket")).allowed
     assert decide("by-scope", writer, call("delete_records")).policies == ("sensitive-tools-need-write-and-admin",)
     assert decide("by-scope", claims(scope="mcp.write mcp.admin"), call("delete_records")).allowed
+
+
+@pytest.mark.parametrize("name", sorted(TESTED))
+def test_r4_a_batch_decided_in_one_cedar_call_equals_its_messages_decided_one_by_one(name):
+    """Batches are decided with one is_authorized_batch call; the decisions must be those of one by one."""
+    import random
+
+    rng = random.Random(name)
+    tools = ["search", "run_query", "create_ticket", "delete_records", "transfer_funds", "admin_reset", "other"]
+    arguments = [{}, {"table": "prod_orders"}, {"table": "dev"}, {"database": "analytics_x", "limit": 10},
+                 {"amount": 50}, {"dry_run": True}, {"confirm": 1.0}]
+    people = [claims(), claims("bob", groups=["admins"]), claims("carol", groups=["dba"], scope="mcp.write mcp.admin"),
+              claims("dave", client_id="ci-bot", scope="mcp.read")]
+    for token_claims in people:
+        principal = principal_from_claims(token_claims, token_type="jwt")
+        messages = []
+        for i in range(30):
+            body = call(rng.choice(tools), **rng.choice(arguments)) if i % 5 else rpc(rng.choice(["tools/list", "prompts/get", "resources/read"]), name="p", uri="demo://x")
+            body["id"] = i
+            [message] = parse_body(json.dumps(body).encode(), "application/json").messages
+            messages.append(message)
+        together = authorizer(name).decide_all(principal, messages)
+        one_by_one = [authorizer(name).decide(principal, message) for message in messages]
+        assert [(d.allowed, d.reason, set(d.policies)) for d in together] == [(d.allowed, d.reason, set(d.policies)) for d in one_by_one]
