@@ -9,12 +9,14 @@ NODE_STAMP := tests/interop/node_modules/.installed-stamp
 TOOLS  := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed-stamp
 
-.PHONY: run test bench venv npm tools clean help
+.PHONY: run test bench fuzz soak venv npm tools clean help
 
 help:
 	@echo "make run    set up and run the gateway on its embedded demo (127.0.0.1)"
 	@echo "make test   set up and run every test"
 	@echo "make bench  measure the gateway against the upstream directly; writes BENCHMARKS.md"
+	@echo "make soak   soak the gateway under hostile load with injected faults (SOAK_S=600 s); writes RELIABILITY.md"
+	@echo "make fuzz   fuzz the parsers, filters and config loader with atheris for FUZZ_S seconds (default 300)"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed: set PYTHON=python3.11")'
@@ -53,6 +55,22 @@ bench: venv
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; } || \
 		{ echo "make bench needs wrk (Debian/Ubuntu: apt-get install wrk)"; exit 1; }
 	$(PY) bench/run.py
+
+# R5: coverage-guided fuzzing; its extra (atheris) is installed on first use, guarded by its own stamp.
+FUZZ_STAMP := $(VENV)/.fuzz-installed-stamp
+FUZZ_S ?= 300
+
+$(FUZZ_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[test,fuzz]'
+	@touch $@
+
+fuzz: $(FUZZ_STAMP)
+	FUZZ_S=$(FUZZ_S) $(PY) fuzz/run.py
+
+# R7: every part on 127.0.0.1, started and stopped by bench/soak.py; exits 1 when a criterion fails.
+SOAK_S ?= 600
+soak: venv
+	SOAK_S=$(SOAK_S) $(PY) bench/soak.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache tests/interop/node_modules
