@@ -268,6 +268,9 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
+MAX_DURATION = 366 * 24 * 3600.0
+
+
 def parse_duration(text: str) -> float:
     """``"1h30m"`` → ``5400.0`` seconds. Raises ``ValueError`` for anything else."""
     text = text.strip()
@@ -281,6 +284,8 @@ def parse_duration(text: str) -> float:
         position = match.end()
     if position != len(text):
         raise ValueError(f"{text!r} is not a duration such as 500ms, 30s, 5m or 1h")
+    if not total <= MAX_DURATION:
+        raise ValueError(f"{text[:40]!r} is longer than a year")  # 10^400 s would read as infinity: no limit
     return total
 
 
@@ -322,7 +327,12 @@ class _Section:
         if not isinstance(data, dict):
             problems.error(path or "(top level)", "must be a mapping of keys to values")
             data = {}
-        self.data: dict[Any, Any] = data
+        for key in [key for key in data if not isinstance(key, str)]:
+            # YAML allows 1:, true: or [a, b]: as keys; no key of ours is one (and str() of a 5,000-digit
+            # integer raises).
+            problems.error(path or "(top level)", f"keys must be strings, not {type(key).__name__}")
+            data = {k: v for k, v in data.items() if isinstance(k, str)}
+        self.data: dict[str, Any] = data
 
     def key_path(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
@@ -355,7 +365,12 @@ class _Section:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             self.problems.error(path, "must be a string")
             return None
-        return self._interpolate(str(value), path)
+        try:
+            text = str(value)
+        except ValueError:  # an integer of thousands of digits
+            self.problems.error(path, "must be a string")
+            return None
+        return self._interpolate(text, path)
 
     def take_str(self, key: str, default: Any = None, *, required: bool = False) -> Any:
         raw = self._raw(key)
@@ -408,6 +423,9 @@ class _Section:
                 return Secret(file_path.read_text(encoding="utf-8").rstrip("\r\n"))
             except OSError as exc:
                 self.problems.error(self.key_path(file_key), f"cannot read {file_path}: {exc.strerror}")
+                return None
+            except ValueError:  # not UTF-8 (UnicodeDecodeError), or a NUL in the path
+                self.problems.error(self.key_path(file_key), f"cannot read {file_path}: not a UTF-8 text file")
                 return None
         if inline is not None:
             return Secret(inline)
@@ -512,7 +530,8 @@ class _Section:
         if not isinstance(raw, dict):
             self.problems.error(self.key_path(key), "must map names to lists of scopes")
             return {}
-        return {str(name): self._str_list(scopes, f"{self.key_path(key)}.{name}") for name, scopes in raw.items()}
+        return {name: self._str_list(scopes, f"{self.key_path(key)}.{name}") for name, scopes in raw.items()
+                if self._is_name(name, key)}
 
     def take_str_map(self, key: str) -> dict[str, str]:
         raw = self._raw(key)
@@ -523,10 +542,18 @@ class _Section:
             return {}
         result = {}
         for name, value in raw.items():
+            if not self._is_name(name, key):
+                continue
             text = self._string(value, f"{self.key_path(key)}.{name}")
             if text is not None:
-                result[str(name)] = text
+                result[name] = text
         return result
+
+    def _is_name(self, name: Any, key: str) -> bool:
+        if isinstance(name, str):
+            return True
+        self.problems.error(self.key_path(key), f"names must be strings, not {type(name).__name__}")
+        return False
 
     def section(self, key: str) -> _Section:
         return _Section(self._raw(key) if self.has(key) else None, self.key_path(key), self.problems, self.base_dir)
@@ -539,6 +566,20 @@ class _Section:
             self.problems.error(self.key_path(key), "must be a list")
             return []
         return [_Section(item, f"{self.key_path(key)}[{i}]", self.problems, self.base_dir) for i, item in enumerate(raw)]
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long, a NUL in it
+        return False
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
 
 
 def _url_problem(value: str) -> str | None:
@@ -584,8 +625,12 @@ def _server(s: _Section) -> ServerConfig:
         s.problems.error(s.key_path("public_url"), "must not have a ?query")
     origins = s.take_str_list("allowed_origins")
     for index, origin in enumerate(origins):
-        parts = urlsplit(origin)
-        if origin != "*" and (parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/")):
+        try:
+            parts = urlsplit(origin)
+            hostname = parts.hostname
+        except ValueError:  # "http://[" and friends
+            parts, hostname = None, None
+        if origin != "*" and (parts is None or parts.scheme not in ("http", "https") or not hostname or parts.path not in ("", "/")):
             s.problems.error(f"{s.key_path('allowed_origins')}[{index}]", f"must be an origin like https://app.example.com, not {origin!r}")
     return ServerConfig(
         public_url=public_url,
@@ -631,7 +676,7 @@ def _upstream_auth(s: _Section) -> UpstreamAuthConfig:
         value_file = s.take_path("value_file")
         if value is None and value_file is None:
             s.problems.error(s.key_path("value"), "required (or value_file) for type static")
-        elif value_file is not None and not value_file.is_file():
+        elif value_file is not None and not _is_file(value_file):
             s.problems.error(s.key_path("value_file"), f"cannot read {value_file}")
         return UpstreamAuthConfig(type=kind, header=s.take_str("header", "Authorization"), value=value, value_file=value_file)
     if kind in ("client_credentials", "token_exchange"):
@@ -649,7 +694,7 @@ def _upstream_auth(s: _Section) -> UpstreamAuthConfig:
 
 def _identity_assertion(s: _Section) -> IdentityAssertionConfig:
     key_file = s.take_path("key_file", required=True)
-    if key_file is not None and not key_file.is_file():
+    if key_file is not None and not _is_file(key_file):
         s.problems.error(s.key_path("key_file"), f"cannot read {key_file}")
     return IdentityAssertionConfig(
         key_file=key_file or Path("/nonexistent"),
@@ -803,12 +848,12 @@ def _auth(s: _Section) -> AuthConfig:
 
 def _authorization(s: _Section) -> AuthorizationConfig:
     policies = s.take_path("policies", required=True)
-    if policies is not None and not policies.exists():
+    if policies is not None and not _exists(policies):
         s.problems.error(s.key_path("policies"), f"{policies} does not exist")
     schema = s.take_path("schema")
     entities = s.take_path("entities")
     for key, path in (("schema", schema), ("entities", entities)):
-        if path is not None and not path.is_file():
+        if path is not None and not _is_file(path):
             s.problems.error(s.key_path(key), f"{path} does not exist")
     return AuthorizationConfig(
         policies=policies or Path("/nonexistent"),
@@ -860,9 +905,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    if not isinstance(node, yaml.MappingNode):  # '!!map x'
+        raise yaml.constructor.ConstructorError(None, None, "expected a mapping", node.start_mark)
     seen = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, (str, int, float, bool, type(None))):  # '? [a, b]' is unhashable
+            raise yaml.constructor.ConstructorError(None, None, "a key must be a plain value", key_node.start_mark)
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
@@ -885,6 +934,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{file}: cannot read: {exc.strerror}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{file}: not a UTF-8 text file (byte {exc.start})"]) from exc
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
@@ -892,4 +943,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         reason = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"{file}:{where}: not valid YAML: {reason}"]) from exc
+    except RecursionError as exc:
+        raise ConfigError([f"{file}: not valid YAML: nested too deeply"]) from exc
+    except (ValueError, TypeError, AttributeError, LookupError) as exc:
+        # PyYAML's constructors raise these for values such as '!!int abc', '0x_' or 2001-13-45.
+        raise ConfigError([f"{file}: not valid YAML: a value cannot be read ({type(exc).__name__})"]) from exc
     return parse_config(data, source=str(file), base_dir=file.resolve().parent)
