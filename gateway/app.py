@@ -30,7 +30,7 @@ from gateway.edge.responses import error_response
 from gateway.endpoint import REQUEST_ID, McpEndpoint, log_refusal
 from gateway.errors import GatewayError, NotFound
 from gateway.limits import PrincipalLimiter
-from gateway.mcp.sessions import SessionBindings
+from gateway.mcp.sessions import SessionBindings, load_session_key
 from gateway.observe.audit import AuditLog
 from gateway.observe.metrics import Metrics, StateCollector, metrics_handler
 from gateway.upstream.credentials import build_credential
@@ -107,7 +107,8 @@ async def add_request_id_header(request: web.Request, response: web.StreamRespon
 class Gateway:
     """The parts that live as long as the process, built once from the configuration."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, *, session_key: bytes | None = None):
+        """``session_key``: shared by the workers of one process tree when no session_key_file is set."""
         self.config = config
         self.readiness = Readiness()
         self.metrics = Metrics()
@@ -137,7 +138,7 @@ class Gateway:
             proxy=self.proxy,
             authenticator=self.authenticator,
             scopes=ScopeRequirements(config.auth),
-            sessions=SessionBindings(),
+            sessions=SessionBindings(session_key or load_session_key(config.server.session_key_file)),
             challenges=Challenges(config.server.public_url, config.auth.required_scopes),
             origins=OriginPolicy(config.server.allowed_origins),
             authorizer=self.authorizer,
@@ -207,9 +208,12 @@ class Gateway:
             await self.introspector.close()
 
 
-async def serve(config: Config, *, ready: Callable[[str], None] | None = None) -> None:
-    """Run the gateway until SIGTERM or SIGINT, then drain within ``server.shutdown_grace`` (E3)."""
-    gateway = Gateway(config)
+async def serve(config: Config, *, ready: Callable[[str], None] | None = None,
+                reuse_port: bool = False, session_key: bytes | None = None) -> None:
+    """Run the gateway until SIGTERM or SIGINT, then drain within ``server.shutdown_grace`` (E3).
+
+    ``reuse_port`` and ``session_key``: set by ``gateway.workers`` when several processes share the port."""
+    gateway = Gateway(config, session_key=session_key)
     app = gateway.create_app()
     runner = web.AppRunner(
         app, access_log=None, shutdown_timeout=config.server.shutdown_grace,
@@ -220,7 +224,7 @@ async def serve(config: Config, *, ready: Callable[[str], None] | None = None) -
     )
     await runner.setup()
     raise_descriptor_limit(config.server.max_connections + 256)  # headroom: upstream, JWKS, logs, probes
-    site = GuardedSite(runner, config.server.host, config.server.port, gateway.connections)  # R1
+    site = GuardedSite(runner, config.server.host, config.server.port, gateway.connections, reuse_port=reuse_port)  # R1, P4
     await site.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -141,6 +141,12 @@ def _serve(path: str | None) -> int:
 
         logging.getLogger("gateway").warning("%s", warning)
     try:
+        if config.server.workers > 1:  # P4
+            from gateway.authz.cedar import load_policies
+            from gateway.workers import run_workers
+
+            load_policies(config.authorization)  # broken policies stop the start here, once, not per worker
+            return run_workers(config)
         asyncio.run(serve(config))
     except PolicyLoadError as error:  # Z2: a start with broken policies stops, naming file and line
         return _report(error.problems)

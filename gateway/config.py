@@ -102,6 +102,8 @@ class ServerConfig:
     keepalive_timeout: float = 75.0  # R1: idle client connections close after this
     max_connections: int = 4096  # R1: open client connections; more are closed at once
     max_batch: int = 50  # R4: messages in one JSON-RPC batch
+    workers: int = 1  # P4: processes sharing the port (SO_REUSEPORT)
+    session_key_file: Path | None = None  # P4: the key that binds session ids; replicas need the same one
 
     @property
     def mcp_path(self) -> str:
@@ -644,7 +646,23 @@ def _server(s: _Section) -> ServerConfig:
         keepalive_timeout=_positive(s, "keepalive_timeout", 75.0),
         max_connections=s.take_int("max_connections", 4096, minimum=1),
         max_batch=s.take_int("max_batch", 50, minimum=1),
+        workers=s.take_int("workers", 1, minimum=1, maximum=64),
+        session_key_file=_session_key_file(s),
     )
+
+
+def _session_key_file(s: _Section) -> Path | None:
+    path = s.take_path("session_key_file")
+    if path is None:
+        return None
+    try:
+        size = len(path.read_bytes().strip())
+    except (OSError, ValueError) as exc:
+        s.problems.error(s.key_path("session_key_file"), f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}")
+        return None
+    if size < 32:
+        s.problems.error(s.key_path("session_key_file"), f"{path} holds {size} bytes; a session key needs at least 32")
+    return path
 
 
 def _positive(s: _Section, key: str, default: float) -> float:

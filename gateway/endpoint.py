@@ -83,6 +83,7 @@ class _RequestState:
     audited: bool = False
     token: str = field(default="", repr=False)  # the client's token: for a token exchange only, never upstream
     slot: Slot | None = None  # R3: this request's place in its principal's share, released when it ends
+    upstream_session: str | None = None  # P4: the upstream's own session id, unwrapped from the client's
 
 
 def log_refusal(request: web.Request, error: GatewayError, principal: Principal | None = None) -> None:
@@ -167,7 +168,9 @@ class McpEndpoint:
                 state.stage = "policy"
                 self.authorize(state.principal, state.batch, state)  # Z1-Z3
             state.stage = "session"
-            self.sessions.check(request.headers.get("Mcp-Session-Id"), state.principal)  # U5 (one, by I4)
+            client_session = request.headers.get("Mcp-Session-Id")  # one at most (I4)
+            if client_session is not None:
+                state.upstream_session = self.sessions.unwrap(client_session, state.principal)  # U5, P4
             state.stage = "upstream"
             # I1: the upstream gets the gateway's serialization of what was decided, never the client's bytes.
             response = await self._forward(request, state.batch.canonical if state.batch else None, state)  # U1-U4
@@ -232,18 +235,23 @@ class McpEndpoint:
 
     async def _forward(self, request: web.Request, body: bytes | None, state: _RequestState) -> web.StreamResponse:
         principal = state.principal
-        session_id = request.headers.get("Mcp-Session-Id")
+        client_session = request.headers.get("Mcp-Session-Id")
+        # What the client's answer carries beyond the upstream's headers; filled in by on_response, which the
+        # proxy calls before it applies these (so a wrapped session id replaces the upstream's).
+        answer_headers: dict[str, str] = OriginPolicy.response_headers(state.origin) if state.origin else {}
 
         def on_response(status: int, headers: CIMultiDictProxy[str]) -> None:
-            if not 200 <= status < 300 or principal is None:
-                return
             issued = headers.get("Mcp-Session-Id")
-            if issued and issued != session_id:
-                self.sessions.bind(issued, principal)
-            if request.method == "DELETE" and session_id:
-                self.sessions.forget(session_id)
+            if issued is not None and principal is not None:
+                # P4: the client sees a wrapped id that names its principal; the upstream's id never leaves.
+                answer_headers["Mcp-Session-Id"] = (
+                    client_session if issued == state.upstream_session and client_session else self.sessions.wrap(issued, principal))
+            if request.method == "DELETE" and client_session and 200 <= status < 300:
+                self.sessions.forget(client_session)
 
         added = {"X-Request-Id": state.request_id}
+        if state.upstream_session is not None:
+            added["Mcp-Session-Id"] = state.upstream_session
         if principal is not None:
             for source in self.identity:  # U3
                 added.update(source.headers(principal))
@@ -273,7 +281,7 @@ class McpEndpoint:
             request,
             body=body,
             headers=headers,
-            extra_headers=OriginPolicy.response_headers(state.origin) if state.origin else None,
+            extra_headers=answer_headers,
             on_response=on_response,
             transform_json=list_filter.filter_json_body if list_filter else None,
             transform_event=list_filter.filter_event if list_filter else None,

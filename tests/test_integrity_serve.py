@@ -105,15 +105,19 @@ async def test_i1_a_byte_order_mark_is_refused_not_passed_on(gateway, upstream, 
 
 async def test_i4_an_underscore_session_header_cannot_borrow_another_principals_session(gateway, upstream, issuer):
     alice = issuer.mint(sub="alice")
-    status, _ = await post(gateway, issuer, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}, token=alice)
-    assert status == 200  # the upstream answered with Mcp-Session-Id: session-1, bound to alice
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{gateway.url}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}},
+                             headers={**JSON, **bearer(alice)}) as response:
+            assert response.status == 200
+            session = response.headers["Mcp-Session-Id"]  # the upstream's session-1, wrapped for alice
     forwarded = len(upstream.received)
     bob = issuer.mint(sub="bob")
     for name in ("Mcp_Session_Id", "mcp_session_id", "Mcp-Session_Id"):
-        status, text = await post(gateway, issuer, call("echo"), {name: "session-1"}, token=bob)
-        assert status == 400, (name, text)
+        for value in (session, "session-1"):
+            status, text = await post(gateway, issuer, call("echo"), {name: value}, token=bob)
+            assert status == 400, (name, text)
     # The dashed spelling is checked against its owner as before.
-    status, _ = await post(gateway, issuer, call("echo"), {"Mcp-Session-Id": "session-1"}, token=bob)
+    status, _ = await post(gateway, issuer, call("echo"), {"Mcp-Session-Id": session}, token=bob)
     assert status == 404
     assert len(upstream.received) == forwarded
 

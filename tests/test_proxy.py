@@ -65,23 +65,29 @@ async def test_u1_identity_headers_sent_by_the_client_are_replaced(upstream, sta
 async def test_u4_session_and_protocol_headers_pass_both_ways(upstream, start_gateway):
     client = await start_gateway(upstream.url)
     response = await client.post("/mcp", json=INIT)
-    assert response.headers["Mcp-Session-Id"] == "session-1"
+    session = response.headers["Mcp-Session-Id"]  # the upstream's session-1, wrapped for this caller (P4)
+    assert session.startswith("g1.") and "session-1" not in session
     assert response.headers["MCP-Protocol-Version"] == "2025-11-25"
     assert (await response.json())["result"] == {"method": "initialize"}
-    await client.post(
+    answer = await client.post(
         "/mcp", json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
-        headers={"Mcp-Session-Id": "session-1", "MCP-Protocol-Version": "2025-11-25", "Last-Event-ID": "7"},
+        headers={"Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-11-25", "Last-Event-ID": "7"},
     )
     received = upstream.received[1].headers
     assert (received["Mcp-Session-Id"], received["MCP-Protocol-Version"], received["Last-Event-ID"]) == ("session-1", "2025-11-25", "7")
+    assert answer.headers["Mcp-Session-Id"] == session  # the same session, the same id for the client
 
 
 async def test_u4_get_and_delete_are_forwarded(upstream, start_gateway):
     client = await start_gateway(upstream.url)
-    await client.post("/mcp", json=INIT)
-    await client.get("/mcp", headers={"Accept": "text/event-stream", "Mcp-Session-Id": "session-1"})
-    await client.delete("/mcp", headers={"Mcp-Session-Id": "session-1"})
+    session = (await client.post("/mcp", json=INIT)).headers["Mcp-Session-Id"]
+    await client.get("/mcp", headers={"Accept": "text/event-stream", "Mcp-Session-Id": session})
+    await client.delete("/mcp", headers={"Mcp-Session-Id": session})
     assert [(r.method, r.path) for r in upstream.received] == [("POST", "/mcp"), ("GET", "/mcp"), ("DELETE", "/mcp")]
+    assert {r.headers.get("Mcp-Session-Id") for r in upstream.received[1:]} == {"session-1"}
+    # Ended by the DELETE: refused at once, without asking the upstream.
+    assert (await client.get("/mcp", headers={"Accept": "text/event-stream", "Mcp-Session-Id": session})).status == 404
+    assert len(upstream.received) == 3
 
 
 async def test_u4_sse_event_arrives_while_upstream_still_producing(upstream, start_gateway):

@@ -128,11 +128,12 @@ class ConnectionGuard:
 class GuardedSite(web.BaseSite):
     """``web.TCPSite`` with every accepted connection wrapped by ``guard``."""
 
-    __slots__ = ("_host", "_port", "_guard")
+    __slots__ = ("_host", "_port", "_guard", "_reuse_port")
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, guard: ConnectionGuard, *, backlog: int = 1024):
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, guard: ConnectionGuard, *, backlog: int = 1024,
+                 reuse_port: bool = False):
         super().__init__(runner, backlog=backlog)
-        self._host, self._port, self._guard = host, port, guard
+        self._host, self._port, self._guard, self._reuse_port = host, port, guard, reuse_port
 
     @property
     def name(self) -> str:
@@ -143,7 +144,8 @@ class GuardedSite(web.BaseSite):
         server = self._runner.server
         assert server is not None
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: self._guard.protocol(server()), self._host, self._port, backlog=self._backlog, reuse_address=True)
+            lambda: self._guard.protocol(server()), self._host, self._port, backlog=self._backlog, reuse_address=True,
+            reuse_port=self._reuse_port or None)
 
 
 def raise_descriptor_limit(wanted: int) -> None:

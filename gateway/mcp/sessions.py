@@ -1,52 +1,115 @@
-"""U5: an ``Mcp-Session-Id`` belongs to the (issuer, subject) that opened it.
+"""U5, P4: an ``Mcp-Session-Id`` belongs to the (issuer, subject) that opened it, with no shared store.
 
-The binding is made when the upstream hands out a session id (on the answer to ``initialize``) and is
-checked on every later request that carries one. A session id the gateway has not seen is refused like
-one of somebody else's: 404, which MCP clients answer by starting a new session (MCP 2025-11-25
-transports). Bindings live in memory, so run one gateway per upstream (the sidecar pattern) or route a
-session's requests to the same gateway.
+The client never sees the upstream's session id. When the upstream hands one out (the answer to
+``initialize``), the gateway gives the client a *wrapped* id instead::
+
+    g1.<base64url: issued-at, 8 bytes><base64url: the upstream's id>.<base64url: MAC, 16 bytes>
+
+where the MAC is HMAC-SHA256 under the session key over the issued-at time, the upstream's id and the
+principal (issuer and subject). On every later request the gateway recomputes the MAC for the caller:
+an id made for another principal, tampered with, made under another key, older than ``max_age``, or
+ended by a ``DELETE`` seen here is refused like an unknown one, with 404, which MCP clients answer by
+starting a new session (MCP 2025-11-25 transports). A good one is unwrapped and the upstream's own id is
+forwarded. Any worker or replica holding the same key (``server.session_key_file``) verifies it, so a
+session moves between them freely: nothing needs session affinity.
+
+A ``DELETE`` ends the session upstream (which then refuses the upstream id) and is remembered here for
+``max_age``, so this gateway refuses the wrapped id at once (replicas learn it from the upstream's 404).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import hmac
+import logging
+import secrets
+import struct
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from cachetools import TTLCache
 
 from gateway.auth.principal import Principal
 from gateway.errors import NotFound, UpstreamError
 
-Owner = tuple[str, str]
+log = logging.getLogger(__name__)
+
+PREFIX = "g1."
+MAC_BYTES = 16
+DEFAULT_MAX_AGE = 24 * 3600.0
+MIN_KEY_BYTES = 32
 
 
-def _key(session_id: str) -> bytes:
-    # Session ids are bearer-like secrets for the upstream; keep only their hash.
-    return hashlib.sha256(session_id.encode()).digest()
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    if "=" in text:
+        raise ValueError("padded")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def load_session_key(path: Path | None) -> bytes:
+    """The key from ``server.session_key_file`` (at least 32 bytes), or a fresh one for this process."""
+    if path is None:
+        return secrets.token_bytes(32)
+    key = path.read_bytes().strip()
+    if len(key) < MIN_KEY_BYTES:
+        raise ValueError(f"{path}: a session key needs at least {MIN_KEY_BYTES} bytes")
+    return key
 
 
 class SessionBindings:
-    def __init__(self, *, max_sessions: int = 100_000, idle_ttl: float = 24 * 3600, clock: Callable[[], float] = time.monotonic):
-        self._owners: TTLCache[bytes, Owner] = TTLCache(maxsize=max_sessions, ttl=idle_ttl, timer=clock)
+    def __init__(self, key: bytes | None = None, *, max_age: float = DEFAULT_MAX_AGE,
+                 clock: Callable[[], float] = time.time, max_ended: int = 100_000):
+        self._key = key or secrets.token_bytes(32)
+        self.max_age = max_age
+        self._clock = clock
+        # Wrapped ids ended by a DELETE through this gateway (digests only: they are bearer-like).
+        self._ended: TTLCache[bytes, bool] = TTLCache(maxsize=max_ended, ttl=max_age, timer=clock)
 
-    def check(self, session_id: str | None, principal: Principal) -> None:
-        if session_id is None:
-            return
-        key = _key(session_id)
-        owner = self._owners.get(key)
-        if owner != (principal.issuer, principal.subject):
-            reason = "session_unknown" if owner is None else "session_of_another_principal"
-            raise NotFound(reason, "Mcp-Session-Id is not bound to this caller", message="Session not found")
-        self._owners[key] = owner  # refresh the idle timer
+    def _mac(self, issued: bytes, upstream_id: bytes, principal: Principal) -> bytes:
+        owner = f"{principal.issuer}\0{principal.subject}".encode()
+        message = b"mcp-session\0" + issued + struct.pack(">I", len(upstream_id)) + upstream_id + owner
+        return hmac.new(self._key, message, hashlib.sha256).digest()[:MAC_BYTES]
 
-    def bind(self, session_id: str, principal: Principal) -> None:
-        if not (session_id.isascii() and session_id.isprintable()) or " " in session_id:
+    def wrap(self, upstream_id: str, principal: Principal) -> str:
+        """The id the client gets for the upstream's ``upstream_id``."""
+        if not (upstream_id.isascii() and upstream_id.isprintable()) or " " in upstream_id:
             # MCP transports: a session id is visible ASCII. Clients could not send another back (I4 refuses it).
             raise UpstreamError("upstream_bad_session_id", "the upstream's Mcp-Session-Id is not visible ASCII")
-        key = _key(session_id)
-        if key not in self._owners:
-            self._owners[key] = (principal.issuer, principal.subject)
+        issued = struct.pack(">Q", int(self._clock()))
+        raw = upstream_id.encode()
+        return f"{PREFIX}{_b64(issued + raw)}.{_b64(self._mac(issued, raw, principal))}"
+
+    def unwrap(self, session_id: str, principal: Principal) -> str:
+        """The upstream's id inside ``session_id``, if it was made for ``principal``; else 404."""
+        reason = "session_unknown"
+        try:
+            if not session_id.startswith(PREFIX):
+                raise ValueError("not ours")
+            body, _, mac = session_id[len(PREFIX):].partition(".")
+            data, given = _unb64(body), _unb64(mac)
+            if len(data) < 9 or len(given) != MAC_BYTES:
+                raise ValueError("short")
+            issued, raw = data[:8], data[8:]
+            if not hmac.compare_digest(given, self._mac(issued, raw, principal)):
+                # Tampered, another key, or another principal's: the MAC cannot tell which, nor should it.
+                raise ValueError("mac")
+            if self._clock() - struct.unpack(">Q", issued)[0] > self.max_age:
+                reason = "session_expired"
+                raise ValueError("expired")
+            if hashlib.sha256(session_id.encode()).digest() in self._ended:
+                reason = "session_ended"
+                raise ValueError("ended")
+            return raw.decode("ascii")
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            raise NotFound(reason, "Mcp-Session-Id is not bound to this caller", message="Session not found") from None
 
     def forget(self, session_id: str) -> None:
-        self._owners.pop(_key(session_id), None)
+        """A DELETE of ``session_id`` succeeded: refuse it from now on."""
+        self._ended[hashlib.sha256(session_id.encode()).digest()] = True

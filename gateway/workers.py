@@ -1,0 +1,78 @@
+"""P4: ``server.workers`` processes serving one port, sharing nothing but the session key.
+
+The parent loads the configuration and the session key (``server.session_key_file``, or one made now for
+this process tree), then forks the workers. Each runs the whole gateway on the same port with
+``SO_REUSEPORT``, so the kernel spreads connections across them. Nothing else is shared: session ids
+carry their own binding (gateway.mcp.sessions), so a session opened through one worker continues through
+any other, and through any replica with the same key.
+
+The parent passes SIGTERM and SIGINT on to every worker (each drains as one gateway does, E3), and exits
+with the first non-zero status a worker exited with, or 0. A worker that dies unexpectedly is not
+restarted: the parent stops the others and exits non-zero, so the orchestrator restarts the pod.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+from gateway.config import Config
+from gateway.mcp.sessions import load_session_key
+
+log = logging.getLogger(__name__)
+
+
+def _worker(config: Config, key: bytes) -> int:
+    from gateway.app import serve
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)  # serve() installs its own on its loop
+    asyncio.run(serve(config, reuse_port=True, session_key=key))
+    return 0
+
+
+def run_workers(config: Config) -> int:
+    key = load_session_key(config.server.session_key_file)
+    children: list[int] = []
+    for _ in range(config.server.workers):
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                code = _worker(config, key)
+            except BaseException:
+                logging.getLogger("gateway").exception("worker failed")
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        children.append(pid)
+    log.info("started %d workers on port %d: %s", len(children), config.server.port, ", ".join(map(str, children)))
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            try:
+                os.kill(child, signum)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    remaining = set(children)
+    while remaining:
+        try:
+            pid, code = os.wait()
+        except ChildProcessError:
+            break
+        if pid not in remaining:
+            continue
+        remaining.discard(pid)
+        exit_code = os.waitstatus_to_exitcode(code)
+        if exit_code != 0:
+            status = status or (exit_code if exit_code > 0 else 1)
+            if remaining:
+                log.error("worker %d exited with %d; stopping the others", pid, exit_code)
+                forward(signal.SIGTERM, None)
+    return status
