@@ -98,6 +98,9 @@ def principal_entity(principal: Principal, group_claims: Iterable[str]) -> dict[
 
 
 def resource_uid(message: Message, server: str) -> dict[str, str]:
+    if message.method == "completion/complete" and message.name is not None:
+        # cedar.md: decided against the prompt or resource it completes an argument of (params.ref).
+        return uid("Prompt" if message.params["ref"]["type"] == "ref/prompt" else "Resource", message.name)
     kind = RESOURCE_OF_METHOD.get(message.method or "")
     if kind is not None:
         value = message.params.get(kind[1])

@@ -33,9 +33,12 @@ MessageKind = Literal["request", "notification", "response"]
 
 HEADER_MISMATCH = -32020  # MCP 2026-07-28: a routing header disagrees with the body
 
-# Methods that are never evaluated by policy (Z1): the handshake and liveness. MCP 2026-07-28 replaces the
-# initialize handshake with server/discover, which reveals no more than initialize does.
-UNEVALUATED_METHODS = frozenset({"initialize", "ping", "server/discover"})
+# Methods that are never evaluated by policy (Z1, cedar.md): the handshake and liveness. MCP 2026-07-28's
+# server/discover is decided like any method (cedar.md puts it in the "housekeeping" group); the shipped
+# policies permit it to everyone signed in.
+UNEVALUATED_METHODS = frozenset({"initialize", "ping"})
+# completion/complete (cedar.md): decided against the prompt or resource that params.ref names.
+COMPLETION_REFS = {"ref/prompt": "name", "ref/resource": "uri"}
 
 # Where Mcp-Name's value lives in the body, per method (MCP 2026-07-28 transports).
 NAME_PARAM = {
@@ -99,7 +102,13 @@ class Message:
 
     @property
     def name(self) -> str | None:
-        """The tool or prompt name, or the resource URI, that the method acts on (None if not applicable)."""
+        """The tool or prompt name, or the resource URI, that the method acts on (None if not applicable);
+        for completion/complete, the prompt's name or resource's URI in ``params.ref``."""
+        if self.method == "completion/complete":
+            ref = self.params.get("ref")
+            key = COMPLETION_REFS.get(ref.get("type")) if isinstance(ref, Mapping) else None
+            value = ref.get(key) if key else None
+            return value if isinstance(value, str) else None
         key = NAME_PARAM.get(self.method or "")
         value = self.params.get(key) if key else None
         return value if isinstance(value, str) else None
@@ -214,6 +223,17 @@ def loads_strict(body: bytes) -> Any:
     return document
 
 
+def _check_completion_ref(ref: Any, where: str) -> None:
+    """The decision names what ``ref`` names, so it must name one prompt or one resource, spelled exactly."""
+    if not isinstance(ref, dict) or ref.get("type") not in COMPLETION_REFS:
+        raise MalformedMessage("bad_params", f"{where} completion/complete needs params.ref of type ref/prompt or ref/resource")
+    member = COMPLETION_REFS[ref["type"]]
+    _check_spelling(ref, {"type": "type", member: member}, f"{where} params.ref")
+    value = ref.get(member)
+    if not isinstance(value, str) or not value or not _plain_name(value):
+        raise MalformedMessage("bad_params", f"{where} params.ref needs a plain string {member}")
+
+
 def _plain_name(value: str) -> bool:
     if value.isascii() and value.isprintable():
         return value == value.strip()
@@ -261,6 +281,8 @@ def _message(obj: Any, where: str) -> Message:
             if "arguments" in params and not isinstance(params["arguments"], dict):
                 # The policy would see {} while the server got a list or a string it may still act on.
                 raise MalformedMessage("bad_params", f"{where} params.arguments is not an object")
+            if method == "completion/complete":
+                _check_completion_ref(params.get("ref"), where)
             named = NAME_PARAM.get(method)
             if named is not None:
                 value = params.get(named)
