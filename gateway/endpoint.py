@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
+from secrets import token_hex
 from typing import Any
 
 from aiohttp import web
@@ -72,7 +72,7 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
 class _RequestState:
     """What one request has learned so far; only for answering it."""
 
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # replaced by the access middleware's
+    request_id: str = ""  # the access middleware's (one id per request, made once)
     started: float = field(default_factory=time.perf_counter)
     origin: str | None = None
     credential_stage: bool = True
@@ -82,6 +82,7 @@ class _RequestState:
     rpc_id: Any = None  # the id a refusal's JSON-RPC error answers
     audited: bool = False
     token: str = field(default="", repr=False)  # the client's token: for a token exchange only, never upstream
+    token_hash: bytes = field(default=b"", repr=False)  # T11: computed once, the key of every token cache
     slot: Slot | None = None  # R3: this request's place in its principal's share, released when it ends
     upstream_session: str | None = None  # P4: the upstream's own session id, unwrapped from the client's
 
@@ -137,8 +138,7 @@ class McpEndpoint:
             *config.upstream.strip_headers, "X-Request-Id", config.upstream.auth.header))
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        state = _RequestState()
-        state.request_id = request.get(REQUEST_ID, state.request_id)
+        state = _RequestState(request_id=request.get(REQUEST_ID) or token_hex(16))
         try:
             check_client_headers(request.headers)  # I4
             state.origin = self.origins.check(request.headers.get("Origin"))  # E1
@@ -149,7 +149,8 @@ class McpEndpoint:
             state.stage = "credentials"
             state.token = extract_bearer(request.headers, request.query, request.headers.get("Content-Type", ""))  # T1
             state.stage = "token"
-            state.principal = await self.authenticator.authenticate(state.token)  # T2-T9
+            state.token_hash = token_hash(state.token)
+            state.principal = await self.authenticator.authenticate(state.token, state.token_hash)  # T2-T9
             state.credential_stage = False
             state.stage = "limits"
             state.slot = self.limiter.acquire(state.principal)  # R3
@@ -159,9 +160,9 @@ class McpEndpoint:
                 body = await read_body(request, self.config.server.max_body_bytes, self.config.server.body_timeout)
                 state.batch = parse_body(body, request.headers.get("Content-Type", ""), max_batch=self.config.server.max_batch)
                 check_routing_headers(state.batch, request.headers.get("Mcp-Method"), request.headers.get("Mcp-Name"))
-                for message in state.batch.messages:  # I2: argument keys as the tool's inputSchema spells them
+                for message in state.batch.messages:  # I2, M2: what the tool's learned inputSchema says
                     if message.method == "tools/call" and message.name is not None:
-                        self.authorizer.catalogue.check_arguments(message.name, message.params.get("arguments") or {})
+                        self.authorizer.catalogue.check_call(message.name, message.params.get("arguments") or {}, request.headers)
             state.stage = "scopes"
             self.scopes.check(state.principal, state.batch.messages if state.batch else ())  # T10
             if state.batch is not None:
@@ -179,14 +180,14 @@ class McpEndpoint:
         finally:
             if state.slot is not None:
                 state.slot.release()  # R3: answered, refused, upstream failed, or the client gone (cancelled)
-        self.metrics.requests.labels("forwarded", str(response.status)).inc()
+        self.metrics.request_counts("forwarded", response.status).inc()
         return response
 
     def authorize(self, principal: Principal, batch: Batch, state: _RequestState) -> None:
         """Z1, Z3, Z5: every evaluated message must be allowed; one denial refuses the whole batch."""
         evaluated = [message for message in batch.messages if message.evaluated]
         for message, decision in zip(evaluated, self.authorizer.decide_all(principal, evaluated), strict=True):
-            self.metrics.decisions.labels("allow" if decision.allowed else "deny", decision.reason).inc()
+            self.metrics.decision_counts("allow" if decision.allowed else "deny", decision.reason).inc()
             self._audit(state, message, "allow" if decision.allowed else "deny", decision.reason,
                         policies=decision.policies, policy_version=decision.policy_version, errors=decision.errors or None)
             if not decision.allowed:
@@ -213,10 +214,10 @@ class McpEndpoint:
 
     def refuse(self, request: web.Request, error: GatewayError, state: _RequestState) -> web.Response:
         log_refusal(request, error, state.principal)
-        self.metrics.requests.labels("refused", str(error.status)).inc()
-        self.metrics.refusals.labels(state.stage, error.reason).inc()
+        self.metrics.request_counts("refused", error.status).inc()
+        self.metrics.refusal_counts(state.stage, error.reason).inc()
         if state.stage == "upstream":
-            self.metrics.upstream_errors.labels(error.reason).inc()
+            self.metrics.upstream_error_counts(error.reason).inc()
         if not state.audited:
             first = state.batch.messages[0] if state.batch and state.batch.messages else None
             self._audit(state, first, "deny", error.reason)
@@ -255,7 +256,7 @@ class McpEndpoint:
         if principal is not None:
             for source in self.identity:  # U3
                 added.update(source.headers(principal))
-        added.update(await self.credential.headers(state.token, token_hash(state.token)))  # U2
+        added.update(await self.credential.headers(state.token, state.token_hash))  # U2
         headers = upstream_request_headers(
             request.headers,
             dropped=self._never_forwarded,

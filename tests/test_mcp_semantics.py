@@ -64,3 +64,110 @@ def test_m5_completion_is_decided_against_the_prompt_it_names(tmp_path):
 def test_m5_a_completion_without_one_plain_reference_is_400(ref):
     with pytest.raises(MalformedMessage):
         message("completion/complete", **({"ref": ref} if ref is not None else {}))
+
+
+# -- M2: Mcp-Param-{Name} headers from x-mcp-header annotations -------------------------------------------
+
+from gateway.mcp.catalogue import InvalidAnnotation, ToolCatalogue, param_headers  # noqa: E402
+
+SQL_SCHEMA = {"type": "object", "properties": {
+    "region": {"type": "string", "x-mcp-header": "Region"},
+    "limit": {"type": "integer", "x-mcp-header": "Limit"},
+    "dry": {"type": "boolean", "x-mcp-header": "Dry"},
+    "options": {"type": "object", "properties": {"tenant": {"type": "string", "x-mcp-header": "Tenant"}}},
+    "query": {"type": "string"}}}
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "object", "properties": {"a": {"type": "number", "x-mcp-header": "A"}}},  # number is not allowed
+    {"type": "object", "properties": {"a": {"type": "string", "x-mcp-header": "A B"}}},  # not a token
+    {"type": "object", "properties": {"a": {"type": "string", "x-mcp-header": ""}}},
+    {"type": "object", "properties": {"a": {"type": "string", "x-mcp-header": "X"}, "b": {"type": "string", "x-mcp-header": "x"}}},
+    {"type": "object", "properties": {"a": {"type": "array", "items": {"type": "string", "x-mcp-header": "A"}}}},
+    {"type": "object", "oneOf": [{"properties": {"a": {"type": "string", "x-mcp-header": "A"}}}]},
+    {"type": "object", "x-mcp-header": "Root"},
+])
+def test_m2_invalid_x_mcp_header_annotations_are_recognised(schema):
+    with pytest.raises(InvalidAnnotation):
+        param_headers(schema)
+
+
+def test_m2_valid_annotations_are_learned_with_their_property_paths():
+    assert {(h.path, h.header, h.type) for h in param_headers(SQL_SCHEMA)} == {
+        (("region",), "Mcp-Param-Region", "string"), (("limit",), "Mcp-Param-Limit", "integer"),
+        (("dry",), "Mcp-Param-Dry", "boolean"), (("options", "tenant"), "Mcp-Param-Tenant", "string")}
+
+
+def catalogue() -> ToolCatalogue:
+    tools = ToolCatalogue()
+    tools.learn([{"name": "execute_sql", "inputSchema": SQL_SCHEMA}])
+    return tools
+
+
+@pytest.mark.parametrize("arguments, headers", [
+    ({"region": "us-west1", "query": "q"}, {"Mcp-Param-Region": "us-west1"}),
+    ({"region": "Hello, \u4e16\u754c"}, {"Mcp-Param-Region": "=?base64?SGVsbG8sIOS4lueVjA==?="}),
+    ({"limit": 42}, {"Mcp-Param-Limit": "42"}),
+    ({"limit": 42.0}, {"Mcp-Param-Limit": "42"}),  # compared numerically
+    ({"dry": False}, {"Mcp-Param-Dry": "false"}),
+    ({"options": {"tenant": "acme"}}, {"Mcp-Param-Tenant": "acme"}),
+    ({"region": None, "query": "q"}, {}),  # null: no header expected
+    ({"query": "q"}, {"Mcp-Param-Other": "anything"}),  # unknown Mcp-Param headers pass
+])
+def test_m2_headers_that_say_what_the_body_says_pass(arguments, headers):
+    catalogue().check_call("execute_sql", arguments, {k.lower(): v for k, v in headers.items()} | headers)
+
+
+@pytest.mark.parametrize("arguments, headers, reason", [
+    ({"region": "us-west1"}, {}, "param_header_missing"),
+    ({"region": "us-west1"}, {"Mcp-Param-Region": "eu-west1"}, "param_header_mismatch"),
+    ({"region": "=?base64?x?="}, {"Mcp-Param-Region": "=?base64?x?="}, "param_header_mismatch"),  # must be encoded
+    ({"limit": 42}, {"Mcp-Param-Limit": "42.5"}, "param_header_mismatch"),
+    ({"dry": True}, {"Mcp-Param-Dry": "True"}, "param_header_mismatch"),
+    ({"query": "q"}, {"Mcp-Param-Region": "us-west1"}, "param_header_mismatch"),  # a header with no value behind it
+    ({"options": {"tenant": "acme"}}, {"Mcp-Param-Tenant": "other"}, "param_header_mismatch"),
+])
+def test_m2_a_missing_or_mismatching_header_is_a_header_mismatch(arguments, headers, reason):
+    with pytest.raises(MalformedMessage) as caught:
+        catalogue().check_call("execute_sql", arguments, headers)
+    assert caught.value.reason == reason and caught.value.status == 400 and caught.value.jsonrpc_code == -32020
+
+
+def test_m2_a_tool_with_an_invalid_annotation_is_not_checked():
+    tools = ToolCatalogue()
+    tools.learn([{"name": "t", "inputSchema": {"type": "object", "properties": {"a": {"type": "number", "x-mcp-header": "A"}}}}])
+    tools.check_call("t", {"a": 1.5}, {})
+
+
+async def test_m2_mcp_param_headers_are_checked_against_the_learned_schema_end_to_end(serve_gateway, upstream, issuer):
+    import aiohttp
+    from aiohttp import web
+
+    from tests.factories import bearer
+
+    async def behaviour(request, received):
+        body = json.loads(received.body)
+        if body["method"] == "tools/list":
+            return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": {"tools": [{"name": "execute_sql", "inputSchema": SQL_SCHEMA}]}})
+        return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": {"content": []}})
+
+    upstream.behaviour = behaviour
+    gateway = await serve_gateway(upstream.url)
+
+    async def call(arguments, headers):
+        body = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "execute_sql", "arguments": arguments}}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{gateway.url}/mcp", json=body, headers={**bearer(issuer.mint()), **headers}) as response:
+                return response.status, await response.json()
+
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{gateway.url}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers=bearer(issuer.mint())) as response:
+            assert response.status == 200
+    assert (await call({"region": "us-west1"}, {"Mcp-Param-Region": "us-west1", "Mcp-Param-Unknown": "x"}))[0] == 200
+    assert upstream.received[-1].headers["Mcp-Param-Region"] == "us-west1" and upstream.received[-1].headers["Mcp-Param-Unknown"] == "x"
+    forwarded = len(upstream.received)
+    status, answer = await call({"region": "us-west1"}, {"Mcp-Param-Region": "eu-west1"})
+    assert status == 400 and answer["error"]["code"] == -32020
+    status, answer = await call({"region": "us-west1"}, {})
+    assert status == 400 and answer["error"]["code"] == -32020
+    assert len(upstream.received) == forwarded
