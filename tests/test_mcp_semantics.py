@@ -171,3 +171,46 @@ async def test_m2_mcp_param_headers_are_checked_against_the_learned_schema_end_t
     status, answer = await call({"region": "us-west1"}, {})
     assert status == 400 and answer["error"]["code"] == -32020
     assert len(upstream.received) == forwarded
+
+
+# -- M6: multi round-trip requests ---------------------------------------------------------------------------
+
+
+async def test_m6_input_required_results_pass_and_every_retry_is_decided(serve_gateway, upstream, issuer, policies_dir):
+    import aiohttp
+    from aiohttp import web
+
+    from tests.factories import bearer
+
+    (policies_dir / "allow-all.cedar").write_text(
+        'permit (principal, action, resource);\nforbid (principal, action == Action::"tools/call", resource == Tool::"deploy")\n'
+        'when { context.arguments has env && context.arguments.env == "prod" };\n')
+
+    async def behaviour(request, received):
+        body = json.loads(received.body)
+        if "inputResponses" not in body["params"]:
+            result = {"resultType": "input_required", "inputRequests": {
+                "confirm": {"method": "elicitation/create", "params": {"message": "Sure?", "requestedSchema": {"type": "object"}}}}}
+        else:
+            result = {"resultType": "complete", "content": [{"type": "text", "text": "deployed"}]}
+        return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": result})
+
+    upstream.behaviour = behaviour
+    gateway = await serve_gateway(upstream.url)
+
+    async def call(rpc_id, arguments, **params):
+        body = {"jsonrpc": "2.0", "id": rpc_id, "method": "tools/call", "params": {"name": "deploy", "arguments": arguments, **params}}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{gateway.url}/mcp", json=body, headers=bearer(issuer.mint())) as response:
+                return response.status, await response.json()
+
+    status, first = await call(1, {"env": "staging"})
+    assert status == 200 and first["result"]["resultType"] == "input_required"
+    responses = {"confirm": {"action": "accept", "content": {}}}
+    status, second = await call(2, {"env": "staging"}, inputResponses=responses)
+    assert status == 200 and second["result"]["content"][0]["text"] == "deployed"
+    assert json.loads(upstream.received[-1].body)["params"]["inputResponses"] == responses  # passed through
+    # A retry is a new request: decided again, and refused when its arguments are.
+    status, refused = await call(3, {"env": "prod"}, inputResponses=responses)
+    assert status == 403 and len(upstream.received) == 2
+    assert [e["outcome"] for e in gateway.audit() if e.get("method") == "tools/call"] == ["allow", "allow", "deny"]
