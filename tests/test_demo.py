@@ -1,313 +1,374 @@
-"""The demo MCP server and the demo issuer, over real 127.0.0.1 sockets."""
+"""The demo as a user meets it: ``mcp-auth-gateway demo``'s parts on free 127.0.0.1 ports, its printed
+walkthrough run command by command, and MCP clients through the gateway; then the demo issuer on its own.
+
+The MCP server behind the gateway is the MCP Python SDK's (gateway/demo/mcp_server.py): these tests check
+the demo's catalogue and wiring, not the SDK's protocol handling.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
+import re
+import shlex
+import signal
+import sys
 import time
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import aiohttp
+import httpx2
 import jwt
 import pytest
 from aiohttp.test_utils import TestClient
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
 from gateway.demo.issuer import DemoIssuer, DemoUser, jwk_thumbprint
-from gateway.demo.mcp_server import DEMO_MCP_SERVER, create_demo_mcp_app
+from gateway.demo.run import DemoUrls, running_demo, walkthrough
 from tests.conftest import free_port
 
 RESOURCE = "https://mcp.example.com/mcp"
 JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
-INIT_PARAMS = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}
+TOOLS = ["echo", "add", "get_time", "delete_records", "countdown"]
+MODES = ["legacy", "2026-07-28"]  # the SDK client's initialize handshake (2025-11-25), and stateless 2026-07-28
 
 
-def parse_sse(text: str) -> list[dict[str, str]]:
-    """Each event's fields (id, event, data) from a whole text/event-stream body."""
-    events = []
-    for block in text.split("\n\n"):
-        if block.strip():
-            events.append(dict(line.split(": ", 1) for line in block.splitlines()))
-    return events
+def sse_messages(text: str) -> list[dict[str, Any]]:
+    """The JSON-RPC messages of a text/event-stream body (the SDK writes one ``data:`` line per event)."""
+    return [json.loads(line[len("data: "):]) for line in text.splitlines() if line.startswith("data: ")]
 
 
-# --- the demo MCP server ---------------------------------------------------------------------------------
+# --- the demo's parts --------------------------------------------------------------------------------------
 
 @pytest.fixture
-async def mcp(aiohttp_client):
-    return await aiohttp_client(create_demo_mcp_app(path="/mcp"))
-
-
-async def rpc(client, method: str, params: dict[str, Any] | None = None, *, headers: dict[str, str] | None = None, rpc_id: int = 1):
-    message: dict[str, Any] = {"jsonrpc": "2.0", "id": rpc_id, "method": method}
-    if params is not None:
-        message["params"] = params
-    return await client.post("/mcp", data=json.dumps(message), headers={**JSON_HEADERS, **(headers or {})})
-
-
-async def open_session(client) -> str:
-    response = await rpc(client, "initialize", INIT_PARAMS)
-    assert response.status == 200
-    return response.headers["Mcp-Session-Id"]
-
-
-async def test_initialize_opens_a_session_and_echoes_the_protocol_version(mcp):
-    response = await rpc(mcp, "initialize", INIT_PARAMS)
-    assert response.status == 200
-    assert response.content_type == "application/json"
-    session_id = response.headers["Mcp-Session-Id"]
-    assert len(session_id) >= 32 and session_id.replace("-", "").replace("_", "").isalnum()
-    result = (await response.json())["result"]
-    assert result["protocolVersion"] == "2025-11-25"
-    assert result["serverInfo"]["name"] == "demo-mcp-server"
-    assert result["capabilities"]["tools"] == {"listChanged": False}
-    assert {"prompts", "resources"} <= result["capabilities"].keys()
-    assert session_id in mcp.app[DEMO_MCP_SERVER].sessions
-
-
-@pytest.mark.parametrize(("requested", "answered"), [
-    ("2025-03-26", "2025-03-26"),
-    ("2025-06-18", "2025-06-18"),
-    ("2026-07-28", "2026-07-28"),
-    ("2024-01-01", "2025-11-25"),
-])
-async def test_initialize_answers_a_supported_version_else_the_latest(mcp, requested, answered):
-    response = await rpc(mcp, "initialize", {**INIT_PARAMS, "protocolVersion": requested})
-    assert (await response.json())["result"]["protocolVersion"] == answered
-
-
-async def test_every_initialize_opens_a_new_session(mcp):
-    assert await open_session(mcp) != await open_session(mcp)
-    assert len(mcp.app[DEMO_MCP_SERVER].sessions) == 2
-
-
-async def test_tools_list_has_the_five_tools_with_schemas_and_annotations(mcp):
-    session = await open_session(mcp)
-    response = await rpc(mcp, "tools/list", headers={"Mcp-Session-Id": session})
-    tools = {tool["name"]: tool for tool in (await response.json())["result"]["tools"]}
-    assert set(tools) == {"echo", "add", "get_time", "delete_records", "countdown"}
-    for tool in tools.values():
-        assert tool["inputSchema"]["type"] == "object" and tool["description"]
-    assert tools["echo"]["inputSchema"]["required"] == ["text"]
-    assert all(tools[name]["annotations"]["readOnlyHint"] for name in ("echo", "add", "get_time", "countdown"))
-    assert tools["delete_records"]["annotations"]["destructiveHint"] is True
-    assert tools["delete_records"]["annotations"]["readOnlyHint"] is False
-
-
-async def test_tools_call_echo_returns_the_text(mcp):
-    session = await open_session(mcp)
-    response = await rpc(mcp, "tools/call", {"name": "echo", "arguments": {"text": "hello"}}, headers={"Mcp-Session-Id": session}, rpc_id=7)
-    body = await response.json()
-    assert body == {"jsonrpc": "2.0", "id": 7, "result": {"content": [{"type": "text", "text": "hello"}], "isError": False}}
-
-
-async def test_tools_call_add_returns_the_sum(mcp):
-    response = await rpc(mcp, "tools/call", {"name": "add", "arguments": {"a": 2, "b": 40}})
-    assert (await response.json())["result"]["content"][0]["text"] == "42"
-
-
-async def test_tools_call_get_time_returns_utc_iso_time(mcp):
-    from datetime import datetime
-
-    response = await rpc(mcp, "tools/call", {"name": "get_time"})
-    text = (await response.json())["result"]["content"][0]["text"]
-    assert datetime.fromisoformat(text).utcoffset().total_seconds() == 0
-
-
-async def test_tools_call_delete_records_pretends_to_delete(mcp):
-    response = await rpc(mcp, "tools/call", {"name": "delete_records", "arguments": {"table": "logs", "confirm": True}})
-    result = (await response.json())["result"]
-    assert result["isError"] is False
-    assert result["content"][0]["text"].startswith("deleted ") and result["content"][0]["text"].endswith(" records from logs")
-
-
-@pytest.mark.parametrize(("name", "arguments"), [
-    ("add", {"a": 1}),
-    ("add", {"a": 1, "b": "2"}),
-    ("add", {"a": True, "b": 2}),
-    ("echo", {"text": "x", "extra": 1}),
-    ("countdown", {"n": 11}),
-    ("delete_records", {"table": "logs", "confirm": False}),
-])
-async def test_invalid_arguments_are_a_tool_error_not_a_protocol_error(mcp, name, arguments):
-    response = await rpc(mcp, "tools/call", {"name": name, "arguments": arguments}, headers={"Accept": "application/json"})
-    body = await response.json()
-    assert response.status == 200 and body["result"]["isError"] is True
-
-
-async def test_unknown_tool_is_invalid_params(mcp):
-    response = await rpc(mcp, "tools/call", {"name": "drop_table", "arguments": {}})
-    assert (await response.json())["error"]["code"] == -32602
-
-
-async def test_unknown_method_is_method_not_found(mcp):
-    response = await rpc(mcp, "completion/complete", {}, rpc_id="abc")
-    assert await response.json() == {"jsonrpc": "2.0", "id": "abc", "error": {"code": -32601, "message": "Method not found: completion/complete"}}
-
-
-async def test_prompt_and_resource(mcp):
-    prompts = (await (await rpc(mcp, "prompts/list")).json())["result"]["prompts"]
-    assert [p["name"] for p in prompts] == ["summarize"] and prompts[0]["arguments"][0]["required"] is True
-    prompt = (await (await rpc(mcp, "prompts/get", {"name": "summarize", "arguments": {"text": "MCP is a protocol."}})).json())["result"]
-    assert "MCP is a protocol." in prompt["messages"][0]["content"]["text"]
-    missing = await (await rpc(mcp, "prompts/get", {"name": "summarize", "arguments": {}})).json()
-    assert missing["error"]["code"] == -32602
-
-    resources = (await (await rpc(mcp, "resources/list")).json())["result"]["resources"]
-    assert [(r["uri"], r["mimeType"]) for r in resources] == [("demo://readme", "text/plain")]
-    contents = (await (await rpc(mcp, "resources/read", {"uri": "demo://readme"})).json())["result"]["contents"]
-    assert contents[0]["uri"] == "demo://readme" and "demo" in contents[0]["text"]
-    templates = (await (await rpc(mcp, "resources/templates/list")).json())["result"]
-    assert templates == {"resourceTemplates": []}
-
-
-async def test_ping_answers_an_empty_result(mcp):
-    assert (await (await rpc(mcp, "ping")).json())["result"] == {}
-
-
-async def test_unknown_session_is_404(mcp):
-    response = await rpc(mcp, "tools/list", headers={"Mcp-Session-Id": "no-such-session"})
-    assert response.status == 404
-
-
-async def test_request_without_session_is_served(mcp):
-    await open_session(mcp)
-    response = await rpc(mcp, "tools/list")
-    assert response.status == 200 and "tools" in (await response.json())["result"]
-
-
-async def test_notifications_and_responses_get_202_and_no_body(mcp):
-    session = await open_session(mcp)
-    for message in (
-        {"jsonrpc": "2.0", "method": "notifications/initialized"},
-        {"jsonrpc": "2.0", "id": 9, "result": {}},
-    ):
-        response = await mcp.post("/mcp", data=json.dumps(message), headers={**JSON_HEADERS, "Mcp-Session-Id": session})
-        assert response.status == 202 and await response.read() == b""
-
-
-async def test_batch_gets_one_response_per_request(mcp):
-    batch = [
-        {"jsonrpc": "2.0", "id": 1, "method": "ping"},
-        {"jsonrpc": "2.0", "method": "notifications/initialized"},
-        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "add", "arguments": {"a": 1, "b": 1}}},
-    ]
-    response = await mcp.post("/mcp", data=json.dumps(batch), headers=JSON_HEADERS)
-    body = await response.json()
-    assert [item["id"] for item in body] == [1, 2]
-    assert body[1]["result"]["content"][0]["text"] == "2"
-
-
-async def test_invalid_json_is_400_parse_error(mcp):
-    response = await mcp.post("/mcp", data=b"{not json", headers=JSON_HEADERS)
-    assert response.status == 400
-    assert (await response.json())["error"]["code"] == -32700
-
-
-async def test_invalid_jsonrpc_is_400_invalid_request(mcp):
-    response = await mcp.post("/mcp", data=json.dumps({"jsonrpc": "1.0", "id": 1, "method": "ping"}), headers=JSON_HEADERS)
-    assert response.status == 400
-    assert (await response.json())["error"]["code"] == -32600
-
-
-async def test_wrong_content_type_is_415(mcp):
-    response = await mcp.post("/mcp", data=b'{"jsonrpc":"2.0","id":1,"method":"ping"}', headers={"Content-Type": "text/plain"})
-    assert response.status == 415
-
-
-async def test_unsupported_protocol_version_header_is_400(mcp):
-    response = await rpc(mcp, "ping", headers={"MCP-Protocol-Version": "1999-01-01"})
-    assert response.status == 400
-
-
-async def test_get_is_405_no_standalone_stream(mcp):
-    response = await mcp.get("/mcp", headers={"Accept": "text/event-stream"})
-    assert response.status == 405
-    assert "POST" in response.headers["Allow"]
-
-
-async def test_delete_ends_the_session(mcp):
-    session = await open_session(mcp)
-    response = await mcp.delete("/mcp", headers={"Mcp-Session-Id": session})
-    assert response.status == 204
-    assert session not in mcp.app[DEMO_MCP_SERVER].sessions
-    assert (await rpc(mcp, "ping", headers={"Mcp-Session-Id": session})).status == 404
-    assert (await mcp.delete("/mcp", headers={"Mcp-Session-Id": session})).status == 404
-
-
-async def test_countdown_streams_progress_events_then_the_result(mcp):
-    session = await open_session(mcp)
-    params = {"name": "countdown", "arguments": {"n": 3}, "_meta": {"progressToken": "tok-1"}}
-    started = time.monotonic()
-    response = await rpc(mcp, "tools/call", params, headers={"Mcp-Session-Id": session}, rpc_id=5)
-    assert response.content_type == "text/event-stream"
-    first = await response.content.readuntil(b"\n\n")
-    first_at = time.monotonic() - started
-    events = parse_sse(first.decode() + (await response.read()).decode())
-    elapsed = time.monotonic() - started
-
-    assert len(events) == 4  # 3 progress notifications, 1 result
-    assert all(event["event"] == "message" for event in events)
-    assert len({event["id"] for event in events}) == 4
-    messages = [json.loads(event["data"]) for event in events]
-    assert [m["method"] for m in messages[:3]] == ["notifications/progress"] * 3
-    assert [m["params"]["progress"] for m in messages[:3]] == [1, 2, 3]
-    assert {m["params"]["progressToken"] for m in messages[:3]} == {"tok-1"}
-    assert messages[3]["id"] == 5 and messages[3]["result"]["isError"] is False
-    # The first event is sent before the countdown is over: the stream is not buffered.
-    assert first_at < 0.3 and elapsed >= 0.55
-
-
-async def test_countdown_without_progress_token_sends_log_messages(mcp):
-    response = await rpc(mcp, "tools/call", {"name": "countdown", "arguments": {"n": 2}})
-    messages = [json.loads(event["data"]) for event in parse_sse(await response.text())]
-    assert [m.get("method") for m in messages] == ["notifications/message", "notifications/message", None]
-    assert messages[0]["params"]["level"] == "info"
-
-
-async def test_countdown_answers_json_to_a_client_that_accepts_no_event_stream(mcp):
-    response = await rpc(mcp, "tools/call", {"name": "countdown", "arguments": {"n": 1}}, headers={"Accept": "application/json"})
-    assert response.content_type == "application/json"
-    assert "Liftoff" in (await response.json())["result"]["content"][0]["text"]
-
-
-async def test_a_client_accepting_only_event_streams_gets_one(mcp):
-    response = await rpc(mcp, "ping", headers={"Accept": "text/event-stream"})
-    assert response.content_type == "text/event-stream"
-    [event] = parse_sse(await response.text())
-    assert json.loads(event["data"]) == {"jsonrpc": "2.0", "id": 1, "result": {}}
-
-
-async def test_apps_do_not_share_sessions(aiohttp_client):
-    first = await aiohttp_client(create_demo_mcp_app())
-    second = await aiohttp_client(create_demo_mcp_app(path="/other"))
-    session = await open_session(first)
-    response = await second.post("/other", data=json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"}),
-                                 headers={**JSON_HEADERS, "Mcp-Session-Id": session})
-    assert response.status == 404
-
-
-async def test_the_mcp_python_sdk_client_uses_the_demo_server(aiohttp_server):
-    """Interop: the reference client initializes, calls tools, follows SSE progress, and ends the session."""
-    pytest.importorskip("mcp")
-    from mcp import ClientSession
-    from mcp.client.streamable_http import streamable_http_client
-
-    app = create_demo_mcp_app()
-    server = await aiohttp_server(app)
-    progress: list[float] = []
+async def demo(tmp_path: Path) -> AsyncIterator[DemoUrls]:
+    """What ``mcp-auth-gateway demo`` starts, in this test's loop; audit events to a file, not stdout."""
+    async with running_demo(free_port(), audit_file=tmp_path / "audit.jsonl") as urls:
+        yield urls
+
+
+async def token_for(demo: DemoUrls, user: str) -> str:
+    async with aiohttp.ClientSession() as http:
+        form = {"grant_type": "password", "username": user, "password": user}
+        async with http.post(f"{demo.issuer}/token", data=form) as response:
+            assert response.status == 200, await response.text()
+            return (await response.json())["access_token"]
+
+
+@contextlib.asynccontextmanager
+async def sdk_client(demo: DemoUrls, user: str, mode: str) -> AsyncIterator[Client]:
+    """The MCP Python SDK client at the gateway's URL, with a token for ``user`` from the demo issuer."""
+    token = await token_for(demo, user)
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
+        async with Client(streamable_http_client(f"{demo.gateway}/mcp", http_client=http), mode=mode) as client:
+            yield client
+
+
+# --- the walkthrough, run as printed -----------------------------------------------------------------------
+
+@dataclass
+class Step:
+    number: int
+    title: str
+    commands: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+
+
+def walkthrough_steps(text: str) -> list[Step]:
+    """The numbered steps and their command lines (continuations joined; ``#`` lines are comments)."""
+    steps: list[Step] = []
+    for line in text.replace("\\\n", " ").splitlines():
+        if heading := re.fullmatch(r"  (\d+)\. (.+)", line):
+            steps.append(Step(int(heading[1]), heading[2]))
+        elif steps and line.startswith("     ") and not line.lstrip().startswith("#"):
+            steps[-1].commands.append(line.strip())
+    return steps
+
+
+class Shell:
+    """Runs the few shell forms the walkthrough prints, with aiohttp standing in for curl.
+
+    ``NAME=$(...)``, ``NAME='...'``, ``$NAME`` in arguments, pipes into ``python3 -c`` (run for real, with
+    this interpreter), and curl with -s -i -N -X -H -d -w. Anything else fails the test: the walkthrough
+    printed something this runner, and maybe a user's shell, cannot follow.
+    """
+
+    def __init__(self, http: aiohttp.ClientSession):
+        self.http = http
+        self.env: dict[str, str] = {}
+
+    async def run(self, line: str) -> str:
+        if assignment := re.fullmatch(r"(\w+)=\$\((.*)\)", line):
+            self.env[assignment[1]] = (await self.run(assignment[2])).strip()
+            return ""
+        words = shlex.split(line)
+        if len(words) == 1 and (assignment := re.fullmatch(r"(\w+)=(.*)", words[0], re.S)):
+            self.env[assignment[1]] = assignment[2]
+            return ""
+        output = ""
+        for part in line.split(" | "):
+            argv = [re.sub(r"\$(\w+)", lambda m: self.env[m[1]], word) for word in shlex.split(part)]
+            if argv[0] == "curl":
+                output = await self.curl(argv[1:])
+            elif argv[:2] == ["python3", "-c"] and len(argv) == 3:
+                output = await self.python(argv[2], output)
+            else:
+                raise AssertionError(f"the walkthrough prints a command this test cannot run: {part}")
+        return output
+
+    async def curl(self, args: list[str]) -> str:
+        method, headers, data, include, write_out, url = None, {}, [], False, "", None
+        words = iter(args)
+        for word in words:
+            if word in ("-s", "-N"):
+                continue
+            elif word == "-i":
+                include = True
+            elif word == "-X":
+                method = next(words)
+            elif word == "-H":
+                name, value = next(words).split(": ", 1)
+                headers[name] = value
+            elif word == "-d":
+                data.append(next(words))
+            elif word == "-w":
+                write_out = next(words).replace("\\n", "\n")
+            elif not word.startswith("-") and url is None:
+                url = word
+            else:
+                raise AssertionError(f"curl option not understood here: {word}")
+        if data and "Content-Type" not in headers:
+            headers["Content-Type"] = "application/x-www-form-urlencoded"  # what curl -d sends
+        body = "&".join(data).encode() if data else None
+        async with self.http.request(method or ("POST" if data else "GET"), url, data=body, headers=headers) as response:
+            text = await response.text()
+            head = ""
+            if include:
+                lines = [f"HTTP/1.1 {response.status} {response.reason}"]
+                lines += [f"{name}: {value}" for name, value in response.headers.items()]
+                head = "\r\n".join(lines) + "\r\n\r\n"
+            return head + text + write_out.replace("%{http_code}", str(response.status))
+
+    async def python(self, code: str, stdin: str) -> str:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", code, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        out, err = await process.communicate(stdin.encode())
+        assert process.returncode == 0, err.decode()
+        return out.decode()
+
+
+def tool_lines(output: str) -> dict[str, list[str]]:
+    """Step 6's output: tool name -> [title words..., true annotations...]."""
+    return {line.split()[0]: line.split()[1:] for line in output.splitlines() if line.strip()}
+
+
+async def test_every_walkthrough_command_gives_what_its_step_says(demo):
+    steps = walkthrough_steps(walkthrough(demo.gateway, demo.issuer))
+    assert [step.number for step in steps] == list(range(1, 10))
+    async with aiohttp.ClientSession() as http:
+        shell = Shell(http)
+        for step in steps:
+            for command in step.commands:
+                step.outputs.append(await shell.run(command))
+    s = {step.number: step for step in steps}
+
+    # 1. No token: 401 and a challenge that points at the metadata.
+    [challenge] = s[1].outputs
+    assert challenge.startswith("HTTP/1.1 401 ")
+    prm_url = f"{demo.gateway}/.well-known/oauth-protected-resource/mcp"
+    assert f'WWW-Authenticate: Bearer resource_metadata="{prm_url}"' in challenge
+    assert prm_url in s[2].commands[0]
+
+    # 2. The PRM names the gateway's MCP URL and the demo issuer.
+    metadata = json.loads(s[2].outputs[0])
+    assert metadata["resource"] == f"{demo.gateway}/mcp" and metadata["authorization_servers"] == [demo.issuer]
+
+    # 3. Tokens for bob and alice.
+    for name in ("bob", "alice"):
+        assert jwt.decode(shell.env[name.upper()], options={"verify_signature": False})["sub"] == name
+
+    # 4. Allowed: bob's echo, answered as an SSE event.
+    [answer] = sse_messages(s[4].outputs[0])
+    assert answer["id"] == 2 and answer["result"]["content"] == [{"type": "text", "text": "hello"}]
+    assert answer["result"]["isError"] is False
+
+    # 5. Denied: bob's delete_records, 403.
+    body, status = s[5].outputs[0].rstrip("\n").rsplit("\n", 1)
+    assert status == "HTTP 403" and json.loads(body)["id"] == 3 and "error" in json.loads(body)
+    assert "(HTTP 403)" in s[5].title
+
+    # 6. The tool lists differ, with titles and the annotations that are true.
+    bob, alice = (tool_lines(output) for output in s[6].outputs if output)  # after the TOOLS= assignment
+    assert list(bob) == [name for name in TOOLS if name != "delete_records"]
+    assert list(alice) == TOOLS
+    assert alice["delete_records"] == ["Delete", "records", "destructiveHint", "idempotentHint"]
+    assert alice["echo"] == ["Echo", "idempotentHint", "readOnlyHint"]
+    assert "readOnlyHint" in alice["countdown"] and "destructiveHint" not in alice["countdown"]
+
+    # 7. alice may delete from logs; the forbid on prod_* stops even her.
+    [deleted] = sse_messages(s[7].outputs[0])
+    assert re.fullmatch(r"deleted \d+ records from logs", deleted["result"]["content"][0]["text"])
+    body, status = s[7].outputs[1].rstrip("\n").rsplit("\n", 1)
+    assert status == "HTTP 403" and json.loads(body)["id"] == 7
+    assert "prod_orders" in s[7].commands[1] and "(HTTP 403)" in s[7].title
+
+    # 8. Progress over SSE: five progress events, then the result.
+    messages = sse_messages(s[8].outputs[0])
+    assert [m["params"]["progress"] for m in messages[:-1]] == [1, 2, 3, 4, 5]
+    assert {m["method"] for m in messages[:-1]} == {"notifications/progress"}
+    assert messages[-1]["result"]["content"][0]["text"] == "Liftoff! Counted down from 5."
+
+    # 9. The resource.
+    [read] = sse_messages(s[9].outputs[0])
+    [contents] = read["result"]["contents"]
+    assert contents["uri"] == "demo://readme" and "demo MCP server" in contents["text"]
+
+
+def test_the_walkthrough_names_the_running_parts():
+    text = walkthrough("http://127.0.0.1:8123", "http://127.0.0.1:9123")
+    assert "gateway (the MCP endpoint): http://127.0.0.1:8123/mcp" in text
+    assert "DEMONSTRATION ONLY" in text and "http://127.0.0.1:9123/token" in text
+
+
+# --- the demo server, as MCP clients see it through the gateway --------------------------------------------
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_the_tool_list_has_titles_and_annotations_and_follows_the_policies(demo, mode):
+    async with sdk_client(demo, "alice", mode) as client:
+        tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+    async with sdk_client(demo, "bob", mode) as client:
+        bobs = [tool.name for tool in (await client.list_tools()).tools]
+    assert list(tools) == TOOLS and bobs == [name for name in TOOLS if name != "delete_records"]
+    hints = {name: (t.title, t.annotations.title, t.annotations.read_only_hint, t.annotations.destructive_hint,
+                    t.annotations.idempotent_hint, t.annotations.open_world_hint) for name, t in tools.items()}
+    assert hints == {
+        "echo": ("Echo", "Echo", True, False, True, False),
+        "add": ("Add two integers", "Add two integers", True, False, True, False),
+        "get_time": ("Current time", "Current time", True, False, True, False),
+        "delete_records": ("Delete records", "Delete records", False, True, True, False),
+        "countdown": ("Countdown", "Countdown", True, False, True, False),
+    }
+    assert tools["echo"].input_schema["required"] == ["text"]
+    assert tools["countdown"].input_schema["properties"]["n"].items() >= {"minimum": 1, "maximum": 10, "default": 3}.items()
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_bob_may_call_read_only_tools_and_not_delete_records(demo, mode):
+    async with sdk_client(demo, "bob", mode) as client:
+        assert (await client.call_tool("echo", {"text": "hello"})).content[0].text == "hello"
+        assert (await client.call_tool("add", {"a": 2, "b": 40})).structured_content == {"result": 42}
+        with pytest.raises(MCPError, match="Forbidden"):
+            await client.call_tool("delete_records", {"table": "logs", "confirm": True})
+
+
+async def test_alice_may_delete_records_but_not_from_prod_tables(demo):
+    async with sdk_client(demo, "alice", "legacy") as client:
+        deleted = await client.call_tool("delete_records", {"table": "logs", "confirm": True})
+        assert not deleted.is_error and deleted.content[0].text.endswith(" records from logs")
+        unconfirmed = await client.call_tool("delete_records", {"table": "logs", "confirm": False})
+        assert unconfirmed.is_error and "pass confirm: true" in unconfirmed.content[0].text
+        with pytest.raises(MCPError, match="Forbidden"):
+            await client.call_tool("delete_records", {"table": "prod_orders", "confirm": True})
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_countdown_progress_reaches_the_client_through_the_gateway(demo, mode):
+    progress: list[tuple[float, float | None, str | None]] = []
 
     async def on_progress(value: float, total: float | None, message: str | None) -> None:
-        progress.append(value)
+        progress.append((value, total, message))
 
-    async with streamable_http_client(str(server.make_url("/mcp"))) as streams:
-        async with ClientSession(streams[0], streams[1]) as session:
-            await session.initialize()
-            assert len(app[DEMO_MCP_SERVER].sessions) == 1
-            assert len((await session.list_tools()).tools) == 5
-            assert (await session.call_tool("add", {"a": 1, "b": 2})).content[0].text == "3"
-            result = await session.call_tool("countdown", {"n": 3}, progress_callback=on_progress)
-            assert result.content[0].text.startswith("Liftoff")
-    assert progress == [1, 2, 3]
-    assert len(app[DEMO_MCP_SERVER].sessions) == 0  # the client's DELETE ended it
+    async with sdk_client(demo, "bob", mode) as client:
+        result = await client.call_tool("countdown", {"n": 3}, progress_callback=on_progress)
+    assert result.content[0].text == "Liftoff! Counted down from 3."
+    assert progress == [(1, 3, "3..."), (2, 3, "2..."), (3, 3, "1...")]
+
+
+async def test_countdown_events_are_relayed_as_they_happen_not_buffered(demo):
+    token = await token_for(demo, "bob")
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "countdown", "arguments": {"n": 5}, "_meta": {"progressToken": "p"}}}
+    async with aiohttp.ClientSession() as http:
+        started = time.monotonic()
+        async with http.post(f"{demo.gateway}/mcp", json=call, headers={**JSON_HEADERS, "Authorization": f"Bearer {token}"}) as response:
+            assert response.content_type == "text/event-stream"
+            first = await response.content.readuntil(b"\r\n\r\n")  # the SDK ends SSE lines with CRLF
+            first_at = time.monotonic() - started
+            rest = await response.read()
+    elapsed = time.monotonic() - started
+    assert sse_messages(first.decode())[0]["params"]["progress"] == 1
+    assert len(sse_messages((first + rest).decode())) == 6
+    # The countdown takes 5 x 0.2 s; its first event arrives long before the end.
+    assert elapsed >= 1.0 and first_at < elapsed - 0.5
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_the_resource_and_the_prompt(demo, mode):
+    async with sdk_client(demo, "bob", mode) as client:
+        [resource] = (await client.list_resources()).resources
+        assert (resource.uri, resource.name, resource.title, resource.mime_type) == \
+            ("demo://readme", "readme", "About this demo", "text/plain")
+        [contents] = (await client.read_resource("demo://readme")).contents
+        assert "demo MCP server of mcp-auth-gateway" in contents.text
+        [prompt] = (await client.list_prompts()).prompts
+        assert (prompt.name, prompt.title, [a.name for a in prompt.arguments]) == ("summarize", "Summarize", ["text"])
+        message = (await client.get_prompt("summarize", {"text": "MCP is a protocol."})).messages[0]
+        assert message.role == "user" and "MCP is a protocol." in message.content.text
+
+
+async def test_the_mcp_server_keeps_the_sdks_dns_rebinding_protection(demo):
+    """Directly, a foreign Host or a browser Origin is refused; the gateway still gets through (it sends
+    the upstream's Host and no Origin), as every other test here shows."""
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(demo.upstream, json=body, headers={**JSON_HEADERS, "Host": "evil.example"}) as response:
+            assert response.status == 421
+        async with http.post(demo.upstream, json=body, headers={**JSON_HEADERS, "Origin": "http://evil.example"}) as response:
+            assert response.status == 403
+
+
+async def test_leaving_the_demo_closes_all_three_ports(tmp_path):
+    async with running_demo(free_port(), audit_file=tmp_path / "audit.jsonl") as urls:
+        pass
+    for url in (urls.gateway, urls.issuer, urls.upstream):
+        host, port = re.match(r"http://([^:/]+):(\d+)", url).groups()
+        with pytest.raises(OSError):
+            _, writer = await asyncio.open_connection(host, int(port))
+            writer.close()
+
+
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGINT, id="SIGINT"), pytest.param(signal.SIGTERM, id="SIGTERM")])
+async def test_the_demo_command_stops_cleanly_on_a_signal(sig):
+    port = free_port()
+    program = Path(sys.executable).parent / "mcp-auth-gateway"
+    process = await asyncio.create_subprocess_exec(
+        str(program), "demo", "--port", str(port), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        seen = b""
+        while b"Ctrl-C stops everything" not in seen:
+            line = await asyncio.wait_for(process.stderr.readline(), 30)
+            assert line, f"the demo exited before printing its walkthrough:\n{seen.decode()}"
+            seen += line
+        async with aiohttp.ClientSession() as http:  # the demo answers before it is stopped
+            async with http.get(f"http://127.0.0.1:{port}/.well-known/oauth-protected-resource/mcp") as response:
+                assert response.status == 200
+        process.send_signal(sig)
+        rest = await asyncio.wait_for(process.stderr.read(), 15)
+        assert await process.wait() == 0, rest.decode()
+        assert b"Traceback" not in rest, rest.decode()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
 
 
 # --- the demo issuer -------------------------------------------------------------------------------------

@@ -56,10 +56,8 @@ from tests.test_deploy import (
 SCALE = 0.02
 
 DEMO_MCP_SERVER = """\
-import os
-from aiohttp import web
-from gateway.demo.mcp_server import create_demo_mcp_app
-web.run_app(create_demo_mcp_app(), host=os.environ["HOST"], port=int(os.environ["PORT"]), print=None)
+from gateway.demo.mcp_server import main
+main()  # the demo's MCP Python SDK server on $HOST:$PORT
 """
 
 
@@ -203,7 +201,7 @@ async def test_e3_sidecar_sigterm_during_a_streamed_tool_call_drains_and_exits_0
             call = await http.post(f"{pod.url}/mcp", json=call_body, headers={"Accept": "application/json, text/event-stream"})
             assert call.status == 200, await call.text()
             assert call.headers["Content-Type"].startswith("text/event-stream")
-            body = await asyncio.wait_for(call.content.readuntil(b"\n\n"), 5)
+            body = await asyncio.wait_for(call.content.readuntil(b"\r\n\r\n"), 5)  # the SDK ends SSE lines in CRLF
 
             # The pod is deleted: the kubelet runs the preStop sleep, then sends SIGTERM; it keeps probing.
             await asyncio.sleep(pod.pre_stop * SCALE)
