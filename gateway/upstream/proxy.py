@@ -1,8 +1,9 @@
 """Forwarding one MCP request to the upstream and streaming its answer back (U4).
 
-Owns the one pooled ``ClientSession``, the timeouts, and the pass-through of Server-Sent Events chunk by
-chunk as they arrive. Header hygiene lives in ``gateway.upstream.headers``. It makes no decisions about
-the caller: by the time ``forward`` runs, identity and policy are settled.
+Owns the one ``UpstreamClient`` (``gateway.upstream.client``: a bounded keep-alive pool, P1), the
+timeouts, the translation of its errors into ``UpstreamError``, and the pass-through of Server-Sent Events
+chunk by chunk as they arrive. Header hygiene lives in ``gateway.upstream.headers``. It makes no decisions
+about the caller: by the time ``forward`` runs, identity and policy are settled.
 
 Memory (R2). An answer is held in memory only while it may be a list the filter has to rewrite (Z4, I8);
 everything else streams through in the chunks it arrives in. For an ``application/json`` answer the
@@ -41,14 +42,17 @@ import time
 from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.config import UpstreamConfig
+from gateway.config import UPSTREAM_POOL_SIZE, UpstreamConfig
 from gateway.errors import UpstreamError, UpstreamTimeout
 from gateway.mcp.listing import LIST_KEY_LOOK_BEHIND, mentions_a_list_key
 from gateway.mcp.sse import MAX_EVENT_BYTES, EventSplitter
+from gateway.upstream.client import (
+    BodyError, ConnectError, ConnectTimeout, HttpClientError, InvalidRequest, ResponseTimeout, UpstreamClient,
+    UpstreamResponse,
+)
 from gateway.upstream.headers import client_response_headers
 from gateway.observe.metrics import Metrics
 
@@ -85,7 +89,7 @@ class _UpstreamEnded(Exception):
 
 
 class UpstreamProxy:
-    """The one door to the upstream MCP server, over one pooled client session."""
+    """The one door to the upstream MCP server, over one pooled client."""
 
     def __init__(self, config: UpstreamConfig, *, public_url: str, metrics: Metrics | None = None):
         self.config = config
@@ -93,28 +97,19 @@ class UpstreamProxy:
         self.public_url = public_url
         self.url = config.url
         self.host = urlsplit(config.url).netloc
-        self._session: aiohttp.ClientSession | None = None
-        self._standalone_streams: set[aiohttp.ClientResponse] = set()  # GET streams, closed first at shutdown
+        self._client: UpstreamClient | None = None
+        self._standalone_streams: set[UpstreamResponse] = set()  # GET streams, closed first at shutdown
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=1024, enable_cleanup_closed=True)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            # Bodies stream for as long as the upstream keeps them open (long tool calls, SSE), so only
-            # connecting is bounded here; the wait for response headers is bounded in `forward`. `connect`
-            # covers waiting for a free pooled connection as well as opening one (R3: a full pool is no
-            # unbounded wait), `sock_connect` the TCP connect alone.
-            timeout=aiohttp.ClientTimeout(
-                total=None, connect=self.config.connect_timeout, sock_connect=self.config.connect_timeout,
-            ),
-            auto_decompress=True,
-            skip_auto_headers=("User-Agent",),
-        )
+        # Bodies stream for as long as the upstream keeps them open (long tool calls, SSE), so only
+        # connecting (waiting for a free pooled connection as well as opening one: R3, a full pool is no
+        # unbounded wait) and the wait for response headers are bounded.
+        self._client = UpstreamClient(self.url, limit=UPSTREAM_POOL_SIZE, connect_timeout=self.config.connect_timeout)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
     def close_standalone_streams(self) -> None:
         """E3: end every open GET stream cleanly (its client reconnects); calls in flight go on."""
@@ -122,10 +117,10 @@ class UpstreamProxy:
             upstream.close()
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def session(self) -> UpstreamClient:
+        if self._client is None:
             raise RuntimeError("UpstreamProxy.start() was not awaited")
-        return self._session
+        return self._client
 
     async def forward(
         self,
@@ -150,22 +145,23 @@ class UpstreamProxy:
         """
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self.config.response_timeout):
-                upstream = await self.session.request(
-                    request.method, self.url, headers=headers, data=body, allow_redirects=False,
-                )
-        except aiohttp.ConnectionTimeoutError as exc:  # a TimeoutError too: caught first
+            # Written at most once (a tools/call is not idempotent); response_timeout runs until the headers.
+            upstream = await self.session.request(request.method, headers, body, timeout=self.config.response_timeout)
+        except ConnectTimeout as exc:
             raise UpstreamTimeout(
                 "upstream_timeout",
                 f"no connection to {self.host} within {self.config.connect_timeout:g}s (a free pooled one or a new one)",
             ) from exc
-        except TimeoutError as exc:
+        except ResponseTimeout as exc:
             raise UpstreamTimeout(
                 "upstream_timeout", f"no response headers within {self.config.response_timeout:g}s"
             ) from exc
-        except aiohttp.ClientConnectorError as exc:
+        except ConnectError as exc:
             raise UpstreamError("upstream_unreachable", f"cannot connect to {self.host}: {exc.os_error}") from exc
-        except aiohttp.ClientError as exc:
+        except InvalidRequest as exc:
+            # Never sent: a header that would have split the request (headers.py should have dropped it).
+            raise UpstreamError("upstream_request_refused", str(exc)) from exc
+        except HttpClientError as exc:
             raise UpstreamError("upstream_failed", f"{type(exc).__name__}: {exc}") from exc
         if self.metrics is not None:
             self.metrics.upstream_latency.observe(time.perf_counter() - started)
@@ -211,20 +207,20 @@ class UpstreamProxy:
                 raise UpstreamError("upstream_unreadable_list", f"list answer with Content-Type {upstream.headers.get('Content-Type')!r}")
             return await self._relay_body(request, upstream, response_headers)
         finally:
-            if upstream.content.is_eof():
-                upstream.release()  # read to the end: the connection can serve the next request
+            if upstream.complete:
+                upstream.release()  # read to the end: the connection already serves the next request
             else:
                 upstream.close()  # cut short (client gone, error): never reuse a half-read connection
 
     async def _relay_body(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str]
+        self, request: web.Request, upstream: UpstreamResponse, headers: CIMultiDict[str]
     ) -> web.StreamResponse:
         length = upstream.content_length
         if length is not None and length <= SMALL_BODY:
             # Small answers (most JSON-RPC results): one read, one write, a Content-Length for the client.
             try:
                 payload = await upstream.read()
-            except aiohttp.ClientError as exc:
+            except BodyError as exc:
                 raise UpstreamError("upstream_broken", f"{type(exc).__name__}: {exc}") from exc
             return web.Response(status=upstream.status, headers=headers, body=payload)
         response = web.StreamResponse(status=upstream.status, headers=headers)
@@ -235,7 +231,7 @@ class UpstreamProxy:
     async def _relay_json(
         self,
         request: web.Request,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         headers: CIMultiDict[str],
         transform_json: Callable[[bytes], bytes],
         *,
@@ -301,12 +297,12 @@ class UpstreamProxy:
         return response
 
     @staticmethod
-    async def _read_chunk(upstream: aiohttp.ClientResponse, *, streaming: bool = False) -> bytes:
+    async def _read_chunk(upstream: UpstreamResponse, *, streaming: bool = False) -> bytes:
         """The next chunk of the body, ``b""`` at its end. An upstream failure before the client's headers
         are sent is a 502; after, it is ``_UpstreamEnded`` for the caller to end the stream."""
         try:
-            return await upstream.content.readany()
-        except (aiohttp.ClientError, asyncio.IncompleteReadError) as exc:
+            return await upstream.read_chunk()
+        except BodyError as exc:
             if streaming:
                 raise _UpstreamEnded(type(exc).__name__) from exc
             raise UpstreamError("upstream_broken", f"{type(exc).__name__}: {exc}") from exc
@@ -331,7 +327,7 @@ class UpstreamProxy:
     async def _relay_event_stream(
         self,
         request: web.Request,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         headers: CIMultiDict[str],
         transform_event: Callable[[bytes], bytes | None] | None,
         *,
@@ -353,7 +349,7 @@ class UpstreamProxy:
 
     async def _pump(
         self,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         response: web.StreamResponse,
         transform_event: Callable[[bytes], bytes | None] | None,
         *,
@@ -364,7 +360,7 @@ class UpstreamProxy:
         limit = self.config.max_list_bytes
         splitter = EventSplitter(max(MAX_EVENT_BYTES, limit)) if transform_event is not None else None
         try:
-            async for chunk in upstream.content.iter_any():
+            async for chunk in upstream:
                 if splitter is None:
                     await response.write(chunk)
                     continue
@@ -395,8 +391,8 @@ class UpstreamProxy:
                         await response.write(event)
             if splitter is not None and splitter.pending:
                 log.warning("upstream event stream ended inside an event; the partial event was dropped")
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.IncompleteReadError) as exc:
-            log.warning("upstream stream ended abruptly: %s", type(exc).__name__)
+        except BodyError as exc:
+            log.warning("upstream stream ended abruptly: %s (%s)", type(exc).__name__, exc)
         except ConnectionResetError:
             # MCP 2026-07-28: closing a response stream cancels the request, so close the upstream's too.
             log.info("client went away during a streamed response; closing the upstream stream")
