@@ -14,7 +14,7 @@ TOOLS_STAMP := $(TOOLS)/.installed-stamp
 help:
 	@echo "make run    set up and run the gateway on its embedded demo (127.0.0.1)"
 	@echo "make test   set up and run every test"
-	@echo "make bench  measure the gateway against the upstream directly; writes BENCHMARKS.md"
+	@echo "make bench  measure the gateway against the upstream, nginx and a plain proxy (BENCH_QUICK=1: short); writes BENCHMARKS.md"
 	@echo "make soak   soak the gateway under hostile load with injected faults (SOAK_S=600 s); writes RELIABILITY.md"
 	@echo "make fuzz   fuzz the parsers, filters and config loader with atheris for FUZZ_S seconds (default 300)"
 
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed: set PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,demo]'
 	@touch $@
 
 venv: $(STAMP)
@@ -51,10 +51,14 @@ run: venv
 test: venv npm tools
 	$(PY) -m pytest
 
+# P6: wrk drives the load, nginx (Debian's package) is the floor for any proxy; both installed on first use.
+# BENCH_QUICK=1: short runs for working on bench/ (not for BENCHMARKS.md); the full run takes about 7 minutes.
 bench: venv
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; } || \
 		{ echo "make bench needs wrk (Debian/Ubuntu: apt-get install wrk)"; exit 1; }
-	$(PY) bench/run.py
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { apt-get update -qq && apt-get install -y -qq nginx; } || \
+		{ echo "make bench needs nginx (Debian/Ubuntu: apt-get install nginx)"; exit 1; }
+	$(PY) bench/run.py $(if $(filter-out 0,$(BENCH_QUICK)),--quick)
 
 # R5: coverage-guided fuzzing; its extra (atheris) is installed on first use, guarded by its own stamp.
 FUZZ_STAMP := $(VENV)/.fuzz-installed-stamp

@@ -214,3 +214,25 @@ async def test_m6_input_required_results_pass_and_every_retry_is_decided(serve_g
     status, refused = await call(3, {"env": "prod"}, inputResponses=responses)
     assert status == 403 and len(upstream.received) == 2
     assert [e["outcome"] for e in gateway.audit() if e.get("method") == "tools/call"] == ["allow", "allow", "deny"]
+
+
+# -- M1: caching hints --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scope", ["public", "Public", "shared"])
+def test_m1_a_filtered_list_leaves_private_with_its_ttl_kept(scope):
+    from gateway.mcp.listing import ListFilter
+
+    answer = {"jsonrpc": "2.0", "id": 1, "result": {"tools": [{"name": "a"}, {"name": "b"}], "cacheScope": scope, "ttlMs": 60000}}
+    out = json.loads(ListFilter(lambda _scope: (lambda method, name: name == "a")).filter_json_body(json.dumps(answer).encode()))
+    assert out["result"] == {"tools": [{"name": "a"}], "cacheScope": "private", "ttlMs": 60000}
+    # Nothing removed: still the caller's view, still private.
+    out = json.loads(ListFilter(lambda _scope: (lambda method, name: True)).filter_json_body(json.dumps(answer).encode()))
+    assert out["result"]["cacheScope"] == "private" and out["result"]["ttlMs"] == 60000
+
+
+def test_m1_an_answer_without_a_list_keeps_its_cache_scope():
+    from gateway.mcp.listing import ListFilter
+
+    answer = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"content": [], "cacheScope": "public"}}).encode()
+    assert ListFilter(lambda _scope: (lambda method, name: False)).filter_json_body(answer) == answer

@@ -34,7 +34,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Container, MutableMapping
 from typing import Any
 
 from gateway.errors import UpstreamError
@@ -53,6 +53,8 @@ LIST_RESULTS = {
 LIST_METHODS = frozenset(method for method, _ in LIST_RESULTS.values())
 
 ItemCheck = Callable[[str, str], bool]  # (list method, item name) -> may the caller use it?
+# An ItemCheck may also have ``check_many(list method, names) -> the allowed names``: the filter then asks
+# once per list (P2: Authorizer.item_check decides alike items together), else once per item.
 
 
 def fold(key: str) -> str:
@@ -141,6 +143,15 @@ class ListFilter:
             self._allowed = self._make_check(self._memo_scope())
         return self._allowed(method, name)
 
+    def allowed_names(self, method: str, names: list[str]) -> Container[str] | None:
+        """The allowed ones of a whole list's ``names`` when the check can say at once, else None."""
+        if not names:
+            return None
+        if self._allowed is None:
+            self._allowed = self._make_check(self._memo_scope())
+        check_many = getattr(self._allowed, "check_many", None)
+        return check_many(method, names) if check_many is not None else None
+
     def _memo_scope(self) -> bytes | None:
         if self._scope is None and self._scope_of is not None:
             self._scope = self._scope_of()
@@ -191,12 +202,14 @@ class ListFilter:
 
     def _filter_result(self, result: dict[str, Any]) -> dict[str, Any]:
         changed: dict[str, list[Any]] = {}
+        holds_a_list = False
         for key, items in result.items():
             spec = _FOLDED.get(fold(key))
             if spec is None:
                 continue
             method, name_key, folded_name_key = spec
             self.lists_found += 1
+            holds_a_list = True
             if not isinstance(items, list):
                 log.warning("a list result's %r is a %s, not a list; replaced by an empty list", key, type(items).__name__)
                 self.removed += 1
@@ -204,13 +217,22 @@ class ListFilter:
                 continue
             if method == "tools/list" and self._observe_tools is not None:
                 self._observe_tools(items)  # what the upstream says of its tools, before filtering
-            kept = [item for item in items if self._keeps(item, method, name_key, folded_name_key)]
+            allowed = self.allowed_names(method, [
+                name for item in items if isinstance(item, dict) and isinstance(name := item.get(name_key), str)])
+            kept = [item for item in items if self._keeps(item, method, name_key, folded_name_key, allowed)]
             if len(kept) != len(items):
                 self.removed += len(items) - len(kept)
                 changed[key] = kept
+        if holds_a_list:
+            # M1 (MCP 2026-07-28, SEP-2549): what this caller sees depends on its policy, so no shared cache
+            # may keep it: "public" was true of the upstream's list, not of this one. Absent means private.
+            for key, scope in result.items():
+                if fold(key) == "cachescope" and scope != "private":
+                    changed[key] = "private"  # type: ignore[assignment]
         return {**result, **changed} if changed else result
 
-    def _keeps(self, item: Any, method: str, name_key: str, folded_name_key: str) -> bool:
+    def _keeps(self, item: Any, method: str, name_key: str, folded_name_key: str,
+               allowed: Container[str] | None = None) -> bool:
         if not isinstance(item, dict):
             return False
         name = item.get(name_key)
@@ -222,7 +244,7 @@ class ListFilter:
         for key in item:
             if len(key) == size and key != name_key and fold(key) == folded_name_key:
                 return False
-        return self.allowed(method, name)
+        return name in allowed if allowed is not None else self.allowed(method, name)
 
     # -- JSON bodies ------------------------------------------------------------------------------------
 

@@ -26,6 +26,9 @@ POLICIES = """\
 @id("everyone-may-list")
 permit (principal, action in [Action::"tools/list", Action::"prompts/list", Action::"resources/list"], resource);
 
+@id("everyone-may-discover")
+permit (principal, action == Action::"server/discover", resource);
+
 @id("everyone-may-echo-and-add")
 permit (principal, action == Action::"tools/call", resource)
 when { [Tool::"echo", Tool::"add", Tool::"countdown"].contains(resource) };
