@@ -105,35 +105,47 @@ def header_text(value: Any, kind: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def facts_of(name: str, schema: Any) -> ToolFacts:
+    properties = schema.get("properties") if isinstance(schema, Mapping) else None
+    names = [key for key in properties if isinstance(key, str)][:MAX_PROPERTIES] if isinstance(properties, Mapping) else []
+    spellings = {fold_key(key): key for key in names}
+    spellings.update({key: key for key in names})
+    try:
+        headers = param_headers(schema)
+    except InvalidAnnotation as exc:
+        log.warning("tool %r: invalid x-mcp-header annotation (%s); its Mcp-Param headers are not checked", name[:80], exc)
+        headers = ()
+    return ToolFacts(spellings, headers)
+
+
 class ToolCatalogue:
     def __init__(self, *, max_tools: int = MAX_TOOLS):
         self._max = max_tools
-        self._tools: OrderedDict[str, ToolFacts] = OrderedDict()
+        # tool name -> its inputSchema as listed, or the facts made of it on the tool's first call: learning
+        # is one assignment per tool (P2: a cold list of 5,000 tools), the work is done for tools called.
+        self._tools: OrderedDict[str, ToolFacts | Any] = OrderedDict()
 
     def learn(self, tools: Iterable[Any]) -> None:
         """Record the tools of one ``tools/list`` answer (a page: other tools are kept)."""
+        entries = self._tools
         for tool in tools:
-            if not isinstance(tool, Mapping) or not isinstance(tool.get("name"), str):
-                continue
-            schema = tool.get("inputSchema")
-            properties = schema.get("properties") if isinstance(schema, Mapping) else None
-            names = [key for key in properties if isinstance(key, str)][:MAX_PROPERTIES] if isinstance(properties, Mapping) else []
-            spellings = {fold_key(name): name for name in names}
-            spellings.update({name: name for name in names})
-            try:
-                headers = param_headers(schema)
-            except InvalidAnnotation as exc:
-                log.warning("tool %r: invalid x-mcp-header annotation (%s); its Mcp-Param headers are not checked",
-                            tool["name"][:80], exc)
-                headers = ()
-            self._tools[tool["name"]] = ToolFacts(spellings, headers)
-            self._tools.move_to_end(tool["name"])
-            while len(self._tools) > self._max:
-                self._tools.popitem(last=False)
+            name = tool.get("name") if isinstance(tool, Mapping) else None
+            if isinstance(name, str):
+                entries[name] = tool.get("inputSchema")
+                entries.move_to_end(name)
+        while len(entries) > self._max:
+            entries.popitem(last=False)
+
+    def facts(self, tool: str) -> ToolFacts | None:
+        entry = self._tools.get(tool)
+        if entry is None or isinstance(entry, ToolFacts):
+            return entry
+        facts = self._tools[tool] = facts_of(tool, entry)
+        return facts
 
     def check_call(self, tool: str, arguments: Mapping[str, Any], request_headers: Mapping[str, str]) -> None:
         """I2 and M2 for one ``tools/call``; raises ``MalformedMessage``."""
-        facts = self._tools.get(tool)
+        facts = self.facts(tool)
         if facts is None:
             return
         for key in arguments:
