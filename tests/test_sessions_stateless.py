@@ -56,6 +56,18 @@ def test_p4_a_tampered_session_id_is_404(tamper):
     assert refused(bindings, tamper(bindings.wrap("upstream-session-1", ALICE))) == "session_unknown"
 
 
+def test_p4_a_session_id_has_one_spelling():
+    """base64's unused trailing bits must not give an id a second spelling (a DELETE would not catch it)."""
+    bindings = SessionBindings(KEY)
+    wrapped = bindings.wrap("s", ALICE)
+    bindings.forget(wrapped)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    for char in alphabet:
+        variant = wrapped[:-1] + char
+        if variant != wrapped:
+            assert refused(bindings, variant) == "session_unknown"
+
+
 def test_p4_sessions_expire_and_a_delete_ends_one():
     now = [1_000_000.0]
     bindings = SessionBindings(KEY, max_age=3600, clock=lambda: now[0])

@@ -48,9 +48,14 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
+    """Strict: one spelling per value. The last character of unpadded base64 carries unused bits, so
+    "…Q" and "…R" can decode alike; a session ended by DELETE must not come back under another spelling."""
     if "=" in text:
         raise ValueError("padded")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(data) != text:
+        raise ValueError("not canonical base64url")
+    return data
 
 
 def load_session_key(path: Path | None) -> bytes:
