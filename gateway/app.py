@@ -6,12 +6,14 @@ The one place where the parts meet: routes, the MCP endpoint's stages, start-up 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import re
 import signal
 import time
-import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from secrets import token_hex
+from typing import Any, TypeVar
 
 from aiohttp import web, web_response
 
@@ -32,6 +34,7 @@ from gateway.errors import GatewayError, NotFound
 from gateway.limits import PrincipalLimiter
 from gateway.mcp.sessions import SessionBindings, load_session_key
 from gateway.observe.audit import AuditLog
+from gateway.observe.logs import log_access
 from gateway.observe.metrics import Metrics, StateCollector, metrics_handler
 from gateway.upstream.credentials import build_credential
 from gateway.upstream.identity import IdentityAssertion, IdentityHeaders
@@ -44,6 +47,7 @@ access_log = logging.getLogger("gateway.access")
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
 
 
 # I9: the Server header names no versions. aiohttp's default is "Python/3.x aiohttp/3.y". The app's own
@@ -56,9 +60,10 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def request_id_of(request: web.Request) -> str:
-    """The caller's X-Request-Id when it is a plain token (so it cannot forge log lines), else a new one."""
-    given = request.headers.get("X-Request-Id", "")
-    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    """The caller's X-Request-Id when it is a plain token (so it cannot forge log lines), else a new one:
+    32 random hex digits, as unguessable as a uuid4 and made without one (P1: the one id of the request)."""
+    given = request.headers.get("X-Request-Id")
+    return given if given is not None and _REQUEST_ID.fullmatch(given) else token_hex(16)
 
 
 @web.middleware
@@ -87,12 +92,10 @@ async def observe_requests(request: web.Request, handler: Handler) -> web.Stream
         log.exception("unexpected error on %s %s; refused", request.method, request.path)
         return error_response(GatewayError("internal_error"))
     finally:
-        if request.path not in QUIET_PATHS:
-            access_log.info(
-                "%s %s %d", request.method, request.path, status,
-                extra={"fields": {"request_id": request[REQUEST_ID], "method": request.method, "path": request.path,
-                                  "status": status, "duration_ms": round((time.perf_counter() - started) * 1000, 3)}},
-            )
+        path = request.path
+        if path not in QUIET_PATHS:
+            log_access(access_log, request.method, path, status, request[REQUEST_ID],
+                       round((time.perf_counter() - started) * 1000, 3))
 
 
 async def name_the_server(request: web.Request, response: web.StreamResponse) -> None:
@@ -196,16 +199,39 @@ class Gateway:
         self._started = True
 
     async def _on_cleanup(self, app: web.Application) -> None:
-        for task in self._background:
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
-        await self.proxy.close()
-        await self.jwks.close()
-        if self.token_endpoint is not None:
-            await self.token_endpoint.close()
-        self.audit.close()
-        if self.introspector is not None:
-            await self.introspector.close()
+        try:
+            for task in self._background:
+                task.cancel()
+            await asyncio.gather(*self._background, return_exceptions=True)
+            await self.proxy.close()
+            await self.jwks.close()
+            if self.token_endpoint is not None:
+                await self.token_endpoint.close()
+            if self.introspector is not None:
+                await self.introspector.close()
+        finally:
+            self.audit.close()  # E3, E4: the buffered audit events are written, whatever else failed here
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)``, on uvloop when it is installed (P1: its loop costs less per request than
+    asyncio's, and it is what uvicorn uses), else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
+def tune_garbage_collection() -> None:
+    """P1: once started, the objects made so far (modules, configuration, policies, the app) live as long
+    as the process: ``gc.freeze`` takes them out of every later collection, and a higher first threshold
+    makes young collections rarer. Cycles are still collected; what goes is a full collection that walked
+    every object of the process (~14 ms every ~2,500 requests)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
 
 
 async def serve(config: Config, *, ready: Callable[[str], None] | None = None,
@@ -231,6 +257,7 @@ async def serve(config: Config, *, ready: Callable[[str], None] | None = None,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     address = f"http://{config.server.host}:{config.server.port}"
+    tune_garbage_collection()
     log.info("listening on %s, MCP endpoint %s, upstream %s", address, config.server.mcp_path, config.upstream.url)
     if ready:
         ready(address)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
 from gateway import __version__
@@ -126,7 +125,7 @@ def _report(problems: list[str]) -> int:
 
 
 def _serve(path: str | None) -> int:
-    from gateway.app import serve
+    from gateway.app import run, serve
     from gateway.observe.logs import configure_logging
 
     from gateway.authz.cedar import PolicyLoadError
@@ -147,7 +146,7 @@ def _serve(path: str | None) -> int:
 
             load_policies(config.authorization)  # broken policies stop the start here, once, not per worker
             return run_workers(config)
-        asyncio.run(serve(config))
+        run(serve(config))  # on uvloop when installed (P1)
     except PolicyLoadError as error:  # Z2: a start with broken policies stops, naming file and line
         return _report(error.problems)
     return 0

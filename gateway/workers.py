@@ -13,7 +13,6 @@ restarted: the parent stops the others and exits non-zero, so the orchestrator r
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
@@ -25,11 +24,11 @@ log = logging.getLogger(__name__)
 
 
 def _worker(config: Config, key: bytes) -> int:
-    from gateway.app import serve
+    from gateway.app import run, serve
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)  # serve() installs its own on its loop
-    asyncio.run(serve(config, reuse_port=True, session_key=key))
+    run(serve(config, reuse_port=True, session_key=key))  # on uvloop when installed (P1)
     return 0
 
 

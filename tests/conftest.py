@@ -7,6 +7,7 @@ import json
 import logging
 import socket
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.config import Config, parse_config
+from gateway.observe.audit import AUDIT_FLUSH_S
 from tests.factories import RESOURCE, TestIssuer, bearer
 from tests.upstreams import RecordingUpstream
 
@@ -64,11 +66,24 @@ def audit_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def audit_lines(audit_file: Path) -> Callable[[], list[dict]]:
-    """The audit events the gateway has written so far (audit.file), parsed."""
-    import json
+def in_process_gateways() -> list[Gateway]:
+    """The gateways ``start_gateway`` started in this test (in this process, on this test's loop)."""
+    return []
 
-    return lambda: [json.loads(line) for line in audit_file.read_text().splitlines()] if audit_file.exists() else []
+
+@pytest.fixture
+def audit_lines(audit_file: Path, in_process_gateways: list[Gateway]) -> Callable[[], list[dict]]:
+    """The audit events the gateway has recorded so far (audit.file), parsed.
+
+    The gateway writes its audit events in batches (P1: flushed AUDIT_FLUSH_S after the first); on this
+    test's own loop the timer cannot run while a test reads, so the reader flushes them first."""
+
+    def read() -> list[dict]:
+        for gateway in in_process_gateways:
+            gateway.audit.flush()
+        return [json.loads(line) for line in audit_file.read_text().splitlines()] if audit_file.exists() else []
+
+    return read
 
 
 def config_data(upstream_url: str, *, issuer: TestIssuer, policies: Path, audit: Path, **overrides: Any) -> dict:
@@ -103,7 +118,7 @@ async def upstream(aiohttp_server):
 
 
 @pytest.fixture
-def start_gateway(aiohttp_client, make_config, issuer):
+def start_gateway(aiohttp_client, make_config, issuer, in_process_gateways):
     """Starts a gateway in front of ``upstream_url``; returns an aiohttp test client bound to it.
 
     The client sends a valid token for the test issuer by default; ``authenticated=False`` sends none.
@@ -112,6 +127,7 @@ def start_gateway(aiohttp_client, make_config, issuer):
 
     async def start(upstream_url: str, *, authenticated: bool = True, **overrides: Any):
         gateway = Gateway(make_config(upstream_url, **overrides))
+        in_process_gateways.append(gateway)
         client = await aiohttp_client(gateway.create_app(), headers=bearer(issuer.mint()) if authenticated else None)
         client.gateway = gateway
         return client
@@ -139,8 +155,18 @@ class ServedGateway:
         return [json.loads(line) for line in self.log_text().splitlines() if line.startswith("{")]
 
     def audit(self) -> list[dict]:
+        """The audit events written so far. The process writes them in batches, AUDIT_FLUSH_S after the first
+        of a batch (P1), so this reads until the file has stayed the same for longer than that (≤ 2 s)."""
         path = self.folder / "audit.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        text, quiet_since, deadline = None, time.monotonic(), time.monotonic() + 2.0
+        while True:
+            now_text = path.read_text() if path.exists() else ""
+            now = time.monotonic()
+            if now_text != text:
+                text, quiet_since = now_text, now
+            elif now - quiet_since > AUDIT_FLUSH_S + 0.3 or now > deadline:
+                return [json.loads(line) for line in text.splitlines()]
+            time.sleep(0.05)
 
 
 @pytest.fixture

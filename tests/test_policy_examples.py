@@ -327,3 +327,19 @@ def test_r4_a_batch_decided_in_one_cedar_call_equals_its_messages_decided_one_by
         together = authorizer(name).decide_all(principal, messages)
         one_by_one = [authorizer(name).decide(principal, message) for message in messages]
         assert [(d.allowed, d.reason, set(d.policies)) for d in together] == [(d.allowed, d.reason, set(d.policies)) for d in one_by_one]
+
+
+def test_r4_a_batch_reading_another_entitys_data_is_decided_as_single_calls_would(tmp_path):
+    """In one Cedar batch every request sees the union of their entities; a policy that reads an entity's data
+    through a literal must not see Tool::"a" in the batch when it would not in a single call."""
+    folder = tmp_path / "p"
+    folder.mkdir()
+    (folder / "p.cedar").write_text('permit (principal, action, resource);\n'
+                                    'forbid (principal, action == Action::"tools/call", resource) when { Tool::"a" in Server::"mcp" };\n')
+    config = AuthorizationConfig(policies=folder)
+    authorizer = Authorizer(PolicyStore(config), config, server_name="mcp")
+    principal = principal_from_claims(claims(), token_type="jwt")
+    messages = [parse_body(json.dumps(call(tool)).encode(), "application/json").messages[0] for tool in ("a", "x")]
+    together = [d.allowed for d in authorizer.decide_all(principal, messages)]
+    alone = [Authorizer(PolicyStore(config), config, server_name="mcp").decide(principal, m).allowed for m in messages]
+    assert together == alone

@@ -60,8 +60,10 @@ class Authenticator:
         limit = now + VERIFIED_CACHE_MAX_TTL
         return limit if principal.expires_at is None else min(limit, principal.expires_at - VERIFIED_CACHE_MARGIN)
 
-    async def authenticate(self, token: str) -> Principal:
-        digest = token_hash(token)
+    async def authenticate(self, token: str, digest: bytes | None = None) -> Principal:
+        """``digest``: ``token_hash(token)`` when the caller has it already (it keys the upstream credential too)."""
+        if digest is None:
+            digest = token_hash(token)
         cached = self._verified.get(digest)
         if cached is not None:
             return cached

@@ -296,18 +296,38 @@ class Decision:
     policy_version: int = 0
 
 
-@dataclass(frozen=True, slots=True)
 class CedarRequest:
-    """Everything one decision reads; also what ``policy explain`` prints."""
+    """Everything one decision reads; also what ``policy explain`` prints. Not changed once made.
 
-    principal: dict[str, str]
-    action: dict[str, str]
-    resource: dict[str, str]
-    context: dict[str, Any]
-    entities: list[dict[str, Any]]
+    ``entities`` are given, or built on first use by ``make_entities`` (P1: ``Authorizer.build`` does that,
+    since a decision found in the cache needs no entity dicts). ``key``, when set, stands for everything
+    the decision reads besides the policy set (``Authorizer.build`` says what); without it the decision
+    cache hashes the whole request and its entities.
+    """
+
+    __slots__ = ("principal", "action", "resource", "context", "key", "_entities", "_make_entities")
+
+    def __init__(self, *, principal: dict[str, str], action: dict[str, str], resource: dict[str, str],
+                 context: dict[str, Any], entities: list[dict[str, Any]] | None = None,
+                 make_entities: Callable[[], list[dict[str, Any]]] | None = None, key: tuple[Any, ...] | None = None):
+        if (entities is None) == (make_entities is None):
+            raise TypeError("CedarRequest needs entities or make_entities, not both")
+        self.principal, self.action, self.resource, self.context = principal, action, resource, context
+        self.key = key
+        self._entities, self._make_entities = entities, make_entities
+
+    @property
+    def entities(self) -> list[dict[str, Any]]:
+        if self._entities is None:
+            make = self._make_entities
+            self._entities = make() if make is not None else []  # one of the two is set (__init__)
+        return self._entities
 
     def as_request(self) -> dict[str, Any]:
         return {"principal": self.principal, "action": self.action, "resource": self.resource, "context": self.context}
+
+    def __repr__(self) -> str:
+        return f"CedarRequest({self.as_request()!r}, entities={self.entities!r})"
 
 
 class Authorizer:
@@ -319,8 +339,12 @@ class Authorizer:
         # Z4: listing decisions per (principal attributes, policy version, item): a list of hundreds of
         # tools costs hundreds of decisions once, then dictionary look-ups.
         self._list_cache: TTLCache[tuple[Any, ...], bool] = TTLCache(maxsize=list_cache_size, ttl=300)
-        # Whole decisions by a hash of everything they read (bounded; entries also age out).
-        self._decisions: TTLCache[bytes, Decision] = TTLCache(maxsize=decision_cache_size, ttl=300)
+        # Whole decisions by everything they read (CedarRequest.key; bounded; entries also age out).
+        self._decisions: TTLCache[Any, Decision] = TTLCache(maxsize=decision_cache_size, ttl=300)
+        # P1: a digest of each principal's entity, made once per Principal (the token cache hands out the
+        # same object for every request with that token). By id, holding the principal, so an id is never
+        # reused while its entry lives; cleared when full.
+        self._principal_digests: dict[int, tuple[Principal, bytes]] = {}
         # Filtered list answers by (listing scope, hash of the upstream's bytes): servers answer tools/list
         # with the same bytes again and again, and the same caller then gets the same filtered bytes.
         # R2: bounded in bytes (16 MiB in all, no entry over 1 MiB; gateway.memo), list answers only.
@@ -334,40 +358,70 @@ class Authorizer:
         return hashlib.sha256(json.dumps([entity, principal.token_type, self.store.current.version], sort_keys=True).encode()).digest()
 
     def item_check(self, principal: Principal, scope: bytes | None = None) -> Callable[[str, str], bool]:
-        """For Z4: may ``principal`` use the item ``name`` that a ``list_method`` answer lists?"""
-        principal_key = scope or self.listing_scope(principal)
-        version = self.store.current.version
+        """For Z4: may ``principal`` use the item ``name`` that a ``list_method`` answer lists? The check also
+        has ``check_many(list_method, names) -> frozenset`` for a whole list: items no policy or static entity
+        tells apart share one decision, all made in one Cedar call (P2, gateway.authz.listing_decisions)."""
+        from gateway.authz.listing_decisions import ListingCheck, analysis_of
 
-        def allowed(list_method: str, name: str) -> bool:
-            key = (principal_key, version, list_method, name)
-            verdict = self._list_cache.get(key)
-            if verdict is None:
-                call_method, param = LIST_CHECKS[list_method]
-                message = Message(kind="request", method=call_method, params={param: name})
-                verdict = self.decide(principal, message, listing=True).allowed
-                self._list_cache[key] = verdict
-            return verdict
+        return ListingCheck(self, principal, scope or self.listing_scope(principal))
 
-        return allowed
+    def listed_entity(self, target: dict[str, str], policies: LoadedPolicies | None = None) -> dict[str, Any]:
+        """The entity ``build`` gives a listed item (``target``, not a Server). List items are grouped by its
+        attributes and parents (P2): keep the two in step (tests/test_listing_decisions.py checks them)."""
+        policies = policies or self.store.current
+        built = {"uid": target, "attrs": {}, "parents": [uid("Server", self.server_name)]}
+        return merge_entity(policies.static.get((target["type"], target["id"])), built)
 
     def build(self, principal: Principal, message: Message, *, listing: bool = False,
               resource: dict[str, str] | None = None, action: str | None = None) -> CedarRequest:
         policies = self.store.current
-        server = uid("Server", self.server_name)
         target = resource or resource_uid(message, self.server_name)
-        # I7: static entities are found by the principal's id, which names its issuer when there are several.
-        entities = [merge_entity(policies.static.get(("User", principal.entity_id)), principal_entity(principal, self.group_claims))]
-        entities.append(merge_entity(policies.static.get(("Server", self.server_name)), {"uid": server, "attrs": {}, "parents": []}))
-        if target["type"] != "Server":
-            built = {"uid": target, "attrs": {}, "parents": [server]}
-            entities.append(merge_entity(policies.static.get((target["type"], target["id"])), built))
+        action_id = action or message.method or ""
+        context = context_of(message, principal, listing=listing)
+
+        def make_entities() -> list[dict[str, Any]]:
+            server = uid("Server", self.server_name)
+            # I7: static entities are found by the principal's id, which names its issuer when there are several.
+            entities = [merge_entity(policies.static.get(("User", principal.entity_id)), principal_entity(principal, self.group_claims))]
+            entities.append(merge_entity(policies.static.get(("Server", self.server_name)), {"uid": server, "attrs": {}, "parents": []}))
+            if target["type"] != "Server":
+                built = {"uid": target, "attrs": {}, "parents": [server]}
+                entities.append(merge_entity(policies.static.get((target["type"], target["id"])), built))
+            return entities
+
+        # P1: the decision cache's key, without building the entities. Everything the decision reads is a
+        # function of these: the principal's entity (attributes, claims, groups, issuer-qualified id) and
+        # token type by their digest; the static entities merged in by the policy version; the resource
+        # entity by its uid (and the version); the context by method, listing and the arguments as Cedar
+        # gets them (their JSON: 1 and "1", true and 1 differ). A resource given in another shape than
+        # {type, id} leaves the key unset: the cache then hashes everything.
+        key = None
+        if len(target) == 2 and "type" in target and "id" in target:
+            arguments = json.dumps(context["arguments"]) if context["arguments"] else ""
+            said: tuple[str, ...] | bytes = (action_id, target["type"], target["id"], context["method"], arguments)
+            if len(arguments) + len(target["id"]) + len(action_id) + len(context["method"]) > 128:
+                # The client chooses these lengths: a cache entry stays small (R2). Bytes never equal a tuple.
+                said = hashlib.sha256(json.dumps(said).encode()).digest()
+            key = (policies.version, self._principal_digest(principal), listing, said)
         return CedarRequest(
             principal=uid("User", principal.entity_id),
-            action=uid("Action", action or message.method or ""),
+            action=uid("Action", action_id),
             resource=target,
-            context=context_of(message, principal, listing=listing),
-            entities=entities,
+            context=context,
+            make_entities=make_entities,
+            key=key,
         )
+
+    def _principal_digest(self, principal: Principal) -> bytes:
+        entry = self._principal_digests.get(id(principal))
+        if entry is not None and entry[0] is principal:
+            return entry[1]
+        entity = principal_entity(principal, self.group_claims)
+        digest = hashlib.sha256(json.dumps([entity, principal.token_type], sort_keys=True).encode()).digest()
+        if len(self._principal_digests) >= 10_000:
+            self._principal_digests.clear()
+        self._principal_digests[id(principal)] = (principal, digest)
+        return digest
 
     def decide(self, principal: Principal, message: Message, *, listing: bool = False) -> Decision:
         return self.evaluate(self.build(principal, message, listing=listing))
@@ -378,32 +432,49 @@ class Authorizer:
     def decide_all(self, principal: Principal, messages: list[Message]) -> list[Decision]:
         """One decision per message, the fresh ones made in a single Cedar call (R4: a batch of 50 distinct
         calls holds the loop for about a millisecond, not one Cedar call's overhead per message)."""
-        return self.evaluate_all([self.build(principal, message) for message in messages])
+        requests = [self.build(principal, message) for message in messages]
+        if len(requests) > 1 and not self._batch_is_safe():
+            return [self.evaluate_all([request])[0] for request in requests]
+        return self.evaluate_all(requests)
+
+    def _batch_is_safe(self) -> bool:
+        """Whether a batch may be decided in one Cedar call. That call sees the union of the requests'
+        entities, which a single call would not: a policy that reads another resource's data through a literal
+        (``Tool::"a".sensitive``, ``Tool::"a" in ...``) could decide otherwise. Only the principal and the
+        server are the same entity in every request of one batch, so only those may be read that way."""
+        from gateway.authz.listing_decisions import analysis_of  # (it imports this module)
+
+        analysis = analysis_of(self, self.store.current)
+        return analysis is not None and not (analysis.observed - {"User", "Server"})
 
     def evaluate_all(self, requests: list[CedarRequest]) -> list[Decision]:
         policies = self.store.current
         decisions: list[Decision | None] = []
-        fresh: list[tuple[int, bytes, CedarRequest, str]] = []
+        fresh: list[tuple[int, Any, CedarRequest]] = []
         for index, request in enumerate(requests):
-            delta = json.dumps(request.entities)
             # A decision is a pure function of the policy set (its version covers schema and static entities),
             # the request's entities and the request itself: identical inputs may share one evaluation.
-            key = hashlib.sha256(f"{policies.version}\x00{delta}\x00{json.dumps(request.as_request())}".encode()).digest()
+            if request.key is not None:
+                key: Any = (policies.version, request.key)
+            else:
+                delta = json.dumps(request.entities)
+                key = hashlib.sha256(f"{policies.version}\x00{delta}\x00{json.dumps(request.as_request())}".encode()).digest()
             cached = self._decisions.get(key)
             decisions.append(cached)
             if cached is None:
-                fresh.append((index, key, request, delta))
+                fresh.append((index, key, request))
         if len(fresh) == 1:
-            index, key, request, delta = fresh[0]
-            decisions[index] = self._decisions[key] = self._evaluate(policies, request, delta)
+            index, key, request = fresh[0]
+            decisions[index] = self._decisions[key] = self._evaluate(policies, request, json.dumps(request.entities))
         elif fresh:
-            for (index, key, _, _), decision in zip(fresh, self._evaluate_batch(policies, [f[2] for f in fresh]), strict=True):
+            for (index, key, _), decision in zip(fresh, self._evaluate_batch(policies, [f[2] for f in fresh]), strict=True):
                 decisions[index] = self._decisions[key] = decision
         return [decision for decision in decisions if decision is not None]
 
     def _evaluate_batch(self, policies: LoadedPolicies, requests: list[CedarRequest]) -> list[Decision]:
         # One entity set for the whole batch: every request's entities, each once (the same uid is the same
-        # entity in every request of one principal, built from the same inputs).
+        # entity in every request of one principal, built from the same inputs). Callers make sure the union
+        # cannot change a decision (decide_all, gateway.authz.listing_decisions).
         union: dict[tuple[str, str], dict[str, Any]] = {}
         for request in requests:
             for entity in request.entities:

@@ -68,8 +68,8 @@ class GuardedProtocol(asyncio.Protocol):
     # -- asyncio.Protocol, forwarded ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport; uvloop's (gateway.app.run) has the interface without subclassing asyncio's.
+        self._transport = transport  # type: ignore[assignment]
         if len(self._guard.open) >= self._guard.max_connections:
             self._guard.refused += 1
             log.warning("refused a connection: %d client connections are open (server.max_connections)", len(self._guard.open))

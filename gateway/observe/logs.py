@@ -14,15 +14,22 @@ Two defences sit on the one handler, so every logger (the gateway's, aiohttp's, 
   ``request.path`` is percent-decoded, and ``/mcp%0a2026-01-01 … INFO …`` would start a new one. JSON
   lines are safe as they are (``json.dumps`` escapes every control character and, with ``ensure_ascii``,
   U+2028 and U+2029).
+
+P1: the access line is written once per request, so it is cheap. ``log_access`` redacts the values a client
+chooses (method, path, request id) once and marks the record ``redacted``: the filter then has nothing left
+to do. ``JsonFormatter`` writes lines whose fields are strings and numbers by hand (the same bytes
+``json.dumps`` would write) and formats the time's seconds once per second.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import sys
 import time
+from json.encoder import encode_basestring_ascii as _json_string
 from typing import Any
 
 from aiohttp.http_exceptions import HttpProcessingError
@@ -80,6 +87,8 @@ def redact_value(value: Any) -> Any:
 
 class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.__dict__.get("redacted") is True:  # built from redacted values by log_access
+            return True
         try:
             message = record.getMessage()
         except Exception:  # bad %-arguments: the formatter fails again and logging reports it as usual
@@ -104,22 +113,78 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+# The keys every JSON line starts with; a field of the same name replaces its value (json.dumps of the
+# merged dict), which the hand-written line leaves to json.dumps.
+_BASE_KEYS = frozenset({"time", "level", "logger", "message", "exception"})
+_ENCODER = json.JSONEncoder(default=str)  # json.dumps(..., default=str) without building an encoder per line
+
+
+def json_scalar(value: Any) -> str | None:
+    """``value`` as json.dumps writes it, for strings and finite numbers; None for anything else."""
+    kind = type(value)
+    if kind is str:
+        return _json_string(value)
+    if kind is int:
+        return int.__repr__(value)
+    if kind is float and math.isfinite(value):
+        return float.__repr__(value)
+    return None
+
+
 class JsonFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._second: tuple[int, str] = (-1, "")
+        self._strings: dict[str, str] = {}  # level names, logger names and field names as JSON strings
+
+    def _time(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        cached = self._second
+        if cached[0] != second:  # one strftime a second, not one a line
+            cached = self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)))
+        return f"{cached[1]}.{int(record.msecs):03d}Z"
+
+    def _name(self, name: str) -> str:
+        text = self._strings.get(name)
+        if text is None:
+            text = _json_string(name)
+            if len(self._strings) < 4096:
+                self._strings[name] = text
+        return text
+
     def format(self, record: logging.LogRecord) -> str:
-        line = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
+        message = record.getMessage()
+        exception = self.formatException(record.exc_info) if record.exc_info else record.exc_text or None
         fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            line.update(fields)
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        elif record.exc_text:
-            line["exception"] = record.exc_text
-        return json.dumps(line, default=str)
+        if not isinstance(fields, dict):
+            fields = {}
+        # Flat fields of strings and finite numbers (the access line, refusals): written by hand, as
+        # json.dumps would write them; anything else goes to json.dumps.
+        line = (f'{{"time": "{self._time(record)}", "level": {self._name(record.levelname.lower())}, '
+                f'"logger": {self._name(record.name)}, "message": {_json_string(message)}')
+        for key, value in fields.items():
+            kind = type(value)
+            if kind is str:
+                text = _json_string(value)
+            elif kind is int:
+                text = int.__repr__(value)
+            elif kind is float and math.isfinite(value):
+                text = float.__repr__(value)
+            else:
+                return self._dumps(record, message, exception, fields)
+            if type(key) is not str or key in _BASE_KEYS:
+                return self._dumps(record, message, exception, fields)
+            line += f", {self._name(key)}: {text}"
+        if exception is not None:
+            line += f', "exception": {_json_string(exception)}'
+        return line + "}"
+
+    def _dumps(self, record: logging.LogRecord, message: str, exception: str | None, fields: dict[Any, Any]) -> str:
+        line = {"time": self._time(record), "level": record.levelname.lower(), "logger": record.name, "message": message}
+        line.update(fields)
+        if exception is not None:
+            line["exception"] = exception
+        return _ENCODER.encode(line)
 
 
 # C0, DEL, C1 and the Unicode line and paragraph separators: what a terminal, a log shipper or an editor
@@ -177,7 +242,31 @@ class MalformedHttpFilter(logging.Filter):
         return True
 
 
+_PLAIN_METHODS = frozenset({"GET", "POST", "DELETE", "OPTIONS", "HEAD", "PUT", "PATCH"})
+
+
+def log_access(logger: logging.Logger, method: str, path: str, status: int, request_id: str, duration_ms: float) -> None:
+    """The access line of one request: ``POST /mcp 200`` with these as fields.
+
+    The method, the path and the request id are the client's (a method is any token, ``eyJ….….…``
+    included), so each is redacted here, once; the record is marked ``redacted`` for ``RedactingFilter``.
+    Emitted as a record of ``logger``, so levels, handlers and formats apply as to any other line.
+    """
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    if method not in _PLAIN_METHODS:
+        method = redact(method)
+    path, request_id = redact(path), redact(request_id)
+    record = logger.makeRecord(logger.name, logging.INFO, __file__, 0, "%s %s %d", (method, path, status), None)
+    record.fields = {"request_id": request_id, "method": method, "path": path, "status": status, "duration_ms": duration_ms}
+    record.redacted = True
+    logger.handle(record)
+
+
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
+    # Neither format writes thread or process names: do not look them up for every record (P1; the
+    # logging HOWTO's "Optimization").
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(RedactingFilter())

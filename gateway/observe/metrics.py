@@ -33,12 +33,41 @@ class Metrics:
                                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
         self.upstream_errors = Counter(f"{PREFIX}_upstream_errors", "Upstream failures by reason.", ["reason"], registry=r)
         self.open_streams = Gauge(f"{PREFIX}_open_streams", "Streamed (SSE) responses being relayed now.", registry=r)
+        # The request path counts through these (P1); the common answers are bound (and shown, at 0) from the start.
+        self.request_counts = Children(self.requests, ("forwarded", 200))
+        self.decision_counts = Children(self.decisions, ("allow", "allowed"))
+        self.refusal_counts = Children(self.refusals)
+        self.upstream_error_counts = Children(self.upstream_errors)
 
     def collect_state(self, collector: Collector) -> None:
         self.registry.register(collector)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class Children:
+    """A labelled metric's children, looked up once per distinct label values (P1: ``labels()`` checks and
+    locks on every call). ``children(*values)``: the child for ``values``, given as they come (a status as
+    an int); each becomes its label text once. Labels are bounded vocabularies (module docstring); past
+    ``limit`` distinct ones this stops remembering, never counting."""
+
+    __slots__ = ("_metric", "_children", "_limit")
+
+    def __init__(self, metric: Counter, *common: tuple[object, ...], limit: int = 1024):
+        self._metric = metric
+        self._children: dict[tuple[object, ...], Counter] = {}
+        self._limit = limit
+        for values in common:
+            self(*values)
+
+    def __call__(self, *values: object) -> Counter:
+        child = self._children.get(values)
+        if child is None:
+            child = self._metric.labels(*map(str, values))
+            if len(self._children) < self._limit:
+                self._children[values] = child
+        return child
 
 
 class StateCollector(Collector):

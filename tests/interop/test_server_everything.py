@@ -12,6 +12,7 @@ back until the result), and the two server-to-client round trips, sampling and e
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -272,8 +273,13 @@ async def test_u4_interop_everything_audit_records_the_calls(everything_gateway,
         return await session.call_tool(ECHO, {"message": "audited"})
 
     await run_session(everything_gateway, token, calls)
-    records = [json.loads(line) for line in everything_gateway.audit.read_text().splitlines()]
-    echo_calls = [r for r in records if r.get("method") == "tools/call" and r.get("target") == ECHO]
+    deadline = time.monotonic() + 2.0  # the gateway writes its audit events in batches, 0.2 s after the first
+    while True:
+        records = [json.loads(line) for line in everything_gateway.audit.read_text().splitlines()]
+        echo_calls = [r for r in records if r.get("method") == "tools/call" and r.get("target") == ECHO]
+        if echo_calls or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
     assert echo_calls and all(r["outcome"] == "allow" and r["policies"] == ["permit-all"] for r in echo_calls), records
     assert token not in everything_gateway.audit.read_text()
     assert token not in everything_gateway.log_text()
