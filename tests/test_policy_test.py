@@ -228,3 +228,25 @@ async def test_a4_policy_test_decides_as_the_running_gateway_does(start_gateway,
         assert (response.status, forwarded) == ((200, True) if outcome.decision == "allow" else (403, False)), case.name
         checked += 1
     assert checked >= 8
+
+
+def test_a4_the_readme_example_case_file_runs_as_shown(tmp_path):
+    """policies/README.md section 14 teaches with a copyable case file: copied, it passes."""
+    import re
+
+    text = (POLICIES / "README.md").read_text()
+    [block] = [b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if b.startswith("# policies/tests/default.yaml")]
+    (tmp_path / "copied.yaml").write_text(block)
+    result = policy_test(str(tmp_path / "copied.yaml"), "--config", str(readme_config(tmp_path)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 cases: 3 passed, 0 failed" in result.stdout
+
+
+def readme_config(tmp_path: Path) -> Path:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(json.dumps({
+        "server": {"public_url": "https://mcp.example.com/mcp"}, "upstream": {"url": "http://127.0.0.1:3000/mcp"},
+        "auth": {"issuers": [{"issuer": "https://idp.example.com"}]},
+        "authorization": {"policies": str(POLICIES), "schema": str(POLICIES / "mcp.cedarschema"),
+                          "entities": str(POLICIES / "entities.json")}}))
+    return config
