@@ -119,6 +119,8 @@ def test_a4_a_request_the_gateway_refuses_fails_the_case_with_the_400_reason(fol
 @pytest.mark.parametrize("text, problem", [
     ("cases: [\n", "not valid YAML"),
     ("cases: []\n", "cases: required, a non-empty list"),
+    ("tools: {search: {}}\ncases:\n  - {name: a, claims: {sub: x}, request: {method: tools/list}, expect: allow}\n",
+     "tools: must be a list of tool definitions"),
     ("cases:\n  - {name: a, claims: {sub: x}, request: {method: tools/list}, expect: allow, expected: deny}\n", "cases[0].expected: unknown key"),
     ("cases:\n  - {name: a, claims: {sub: x}, request: {method: tools/list}, expect: permit}\n", "expect: required, allow or deny"),
     ("cases:\n  - {name: a, request: {method: tools/list}, expect: allow}\n", "claims.sub: required"),

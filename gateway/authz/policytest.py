@@ -286,9 +286,14 @@ class PolicyHarness:
         return PolicyHarness(dataclasses.replace(self.config, policies=policies),
                              server_name=self.authorizer.server_name, issuers=self.issuers)
 
-    def learn_tools(self, tools: Sequence[Any]) -> None:
-        """What the upstream's tools/list says, learned as the gateway learns it from the answers it relays."""
-        self.authorizer.catalogue.learn(list(tools))
+    def start_file(self, tools: Sequence[Any]) -> None:
+        """Each case file starts afresh (a new Authorizer over the same loaded policies: no decision, cache or
+        learned tool carries over from another file), knowing the tools its ``tools`` list describes, learned
+        as the gateway learns them from the upstream's tools/list answers it relays."""
+        old = self.authorizer
+        self.authorizer = Authorizer(old.store, self.config, server_name=old.server_name)
+        if tools:
+            self.authorizer.catalogue.learn(list(tools))
 
     def principal(self, case: Case) -> Principal:
         namespace = principal_namespace(self.issuers, case.claims) if self.issuers else None
@@ -345,7 +350,7 @@ def run(files: Sequence[CaseFile], harness: PolicyHarness, candidate: PolicyHarn
     for case_file in files:
         for each in (harness, candidate):
             if each is not None:
-                each.learn_tools(case_file.tools)
+                each.start_file(case_file.tools)
         for case in case_file.cases:
             started = time.perf_counter()
             outcome = harness.decide(case)
