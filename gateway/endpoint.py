@@ -1,6 +1,7 @@
 """The MCP endpoint: one request through the stages, in the order that is part of the security design.
 
-    edge ─► credentials ─► token ─► limits ─► message ─► scopes ─► policy ─► step-up ─► session ─► upstream ─► response
+    edge ─► credentials ─► token ─► limits ─► message ─► scopes ─► policy ─► step-up ─► session ─►
+        upstream ─► response
 
 Each stage either hands a richer request on or raises a ``GatewayError``; ``refuse`` turns that into a
 definite answer. Nothing reaches the upstream before every earlier stage has passed. Validity is checked
@@ -33,7 +34,8 @@ from gateway.config import Config
 from gateway.edge.challenge import Challenges
 from gateway.edge.origin import OriginPolicy
 from gateway.edge.responses import error_response
-from gateway.errors import Forbidden, GatewayError, InsufficientUserAuthentication, MethodNotAllowed, PayloadTooLarge, RequestTimeout
+from gateway.errors import (
+    Forbidden, GatewayError, InsufficientUserAuthentication, MethodNotAllowed, PayloadTooLarge, RequestTimeout)
 from gateway.limits import PrincipalLimiter, Slot
 from gateway.mcp.jsonrpc import Batch, Message, check_routing_headers, parse_body
 from gateway.mcp.listing import LIST_METHODS, ListFilter
