@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     test.add_argument("dir", metavar="DIR", help="a policy folder (cases in DIR/tests/), a folder of case files, or one case file")
-    _add_config_argument(test)
+    test.add_argument("--config", "-c", metavar="FILE", help="take the policies, schema, entities, group claims, "
+                      "server name and issuers from this gateway configuration (not read from $" + ENV_VAR + " here)")
     test.add_argument("--schema", metavar="FILE", help="the Cedar schema (default: DIR/mcp.cedarschema if present; not with --config)")
     test.add_argument("--entities", metavar="FILE", help="static entities (default: DIR/entities.json if present; not with --config)")
     test.add_argument("--candidate", metavar="DIR", help="a second policy folder: decide every case with it too and "
