@@ -119,6 +119,10 @@ def test_a4_a_request_the_gateway_refuses_fails_the_case_with_the_400_reason(fol
 @pytest.mark.parametrize("text, problem", [
     ("cases: [\n", "not valid YAML"),
     ("cases: []\n", "cases: required, a non-empty list"),
+    ("a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\n"
+     "d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\n"
+     "cases:\n  - {name: a, claims: {sub: x}, request: {method: tools/call, name: s, arguments: {v: *e}}, expect: allow}\n",
+     "more than 100000 values"),
     ("tools: {search: {}}\ncases:\n  - {name: a, claims: {sub: x}, request: {method: tools/list}, expect: allow}\n",
      "tools: must be a list of tool definitions"),
     ("cases:\n  - {name: a, claims: {sub: x}, request: {method: tools/list}, expect: allow, expected: deny}\n", "cases[0].expected: unknown key"),

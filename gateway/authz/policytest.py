@@ -60,6 +60,7 @@ REASONS = ("allowed", "denied_by_policy", "no_policy_permits", "policy_error", "
 # A listing case asks "is this item in the list?": the list method the item's call method is checked for.
 LIST_OF = {call: list_method for list_method, (call, _) in LIST_CHECKS.items() if list_method != "resources/templates/list"}
 MAX_CASE_FILE_BYTES = 4 * 1024 * 1024
+MAX_REQUEST_NODES = 100_000
 
 
 class CaseFileError(Exception):
@@ -214,6 +215,9 @@ def _case(path: Path, index: int, raw: Any, default_claims: Mapping[str, Any], p
         problems.append(f"{path}: {where}.claims: must be a mapping of token claims")
         claims = {}
     claims = {**default_claims, **claims}
+    if _nodes(claims) > MAX_REQUEST_NODES:
+        problems.append(f"{path}: {where}.claims: more than {MAX_REQUEST_NODES} values")
+        claims = {}
     if not isinstance(claims.get("sub"), str):
         problems.append(f"{path}: {where}.claims.sub: required (here or in defaults.claims), a string")
     token_type = raw.get("token_type", "jwt")
@@ -258,6 +262,9 @@ def _request(path: Path, where: str, raw: Any, problems: list[str]) -> tuple[byt
     elif not isinstance(params, dict):
         problems.append(f"{path}: {where}.request.params: must be a mapping")
         params = {}
+    if _nodes(params) > MAX_REQUEST_NODES:  # YAML aliases can nest a small file into a huge request
+        problems.append(f"{path}: {where}.request: more than {MAX_REQUEST_NODES} values")
+        return b"", False
     message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
     if not method.startswith("notifications/"):
         message["id"] = 1
@@ -268,6 +275,19 @@ def _request(path: Path, where: str, raw: Any, problems: list[str]) -> tuple[byt
     except (TypeError, ValueError) as exc:
         problems.append(f"{path}: {where}.request: cannot be sent as JSON: {exc}")
         return b"", False
+
+
+def _nodes(value: Any) -> int:
+    """How many values ``value`` holds, counting each use of a YAML alias again; stops past the limit."""
+    count, stack = 0, [value]
+    while stack and count <= MAX_REQUEST_NODES:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
 
 
 # -- deciding ----------------------------------------------------------------------------------------------------
