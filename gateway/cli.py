@@ -21,6 +21,7 @@ examples:
   mcp-auth-gateway demo                          try it: demo MCP server, issuer and gateway
   mcp-auth-gateway validate --config gateway.yaml   check a configuration, offline
   mcp-auth-gateway serve --config gateway.yaml      run the gateway
+  mcp-auth-gateway policy test policies/            run the policies' YAML test cases
 
 The configuration file may also be given in ${ENV_VAR}.
 """
@@ -73,6 +74,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_argument(explain)
     explain.add_argument("--token-claims", required=True, metavar="FILE", help="a JSON object: the access token's claims")
     explain.add_argument("--request", required=True, metavar="FILE", help="a JSON-RPC request (or batch) as a client would POST it")
+
+    test = policy_commands.add_parser(
+        "test", help="run YAML policy test cases (A4)",
+        description="Decide every case in DIR/tests/*.yaml (or the case files DIR names) with the policies, "
+        "exactly as the gateway would, and report each case. Policies, schema and entities come from DIR "
+        "(its .cedar files, mcp.cedarschema and entities.json) or from --config. "
+        "Exit codes: 0 every case passed, 1 some case failed, 2 input that cannot be read (a case file, the "
+        "policies, the configuration). See policies/README.md, section 'Testing policies'.",
+        epilog="examples:\n  mcp-auth-gateway policy test policies/\n"
+        "  mcp-auth-gateway policy test policies/examples/by-scope --schema policies/mcp.cedarschema\n"
+        "  mcp-auth-gateway policy test policies/ --config gateway.yaml --junit policy-tests.xml\n"
+        "  mcp-auth-gateway policy test policies/ --candidate policies-next/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    test.add_argument("dir", metavar="DIR", help="a policy folder (cases in DIR/tests/), a folder of case files, or one case file")
+    test.add_argument("--config", "-c", metavar="FILE", help="take the policies, schema, entities, group claims, "
+                      "server name and issuers from this gateway configuration (not read from $" + ENV_VAR + " here)")
+    test.add_argument("--schema", metavar="FILE", help="the Cedar schema (default: DIR/mcp.cedarschema if present; not with --config)")
+    test.add_argument("--entities", metavar="FILE", help="static entities (default: DIR/entities.json if present; not with --config)")
+    test.add_argument("--candidate", metavar="DIR", help="a second policy folder: decide every case with it too and "
+                      "print where the decisions differ (schema and entities as for the enforced set)")
+    test.add_argument("--junit", metavar="FILE", help="also write the results as JUnit XML, for CI")
     return parser
 
 
@@ -161,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args.config)
     if args.command == "policy" and args.policy_command == "explain":
         return _explain(args.config, args.token_claims, args.request)
+    if args.command == "policy" and args.policy_command == "test":
+        from gateway.authz.policytest import command
+
+        return command(args.dir, config=args.config, schema=args.schema, entities=args.entities,
+                       candidate=args.candidate, junit=args.junit)
     if args.command == "demo":
         from gateway.demo.run import run_demo
 

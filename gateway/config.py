@@ -36,6 +36,7 @@ __all__ = [
     "ResourceConfig",
     "Secret",
     "ServerConfig",
+    "StepUpRule",
     "UpstreamAuthConfig",
     "UpstreamConfig",
     "load_config",
@@ -192,6 +193,17 @@ class JwksConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class StepUpRule:
+    """A6 (RFC 9470): calls of these tools, or messages with these methods, need a user authentication
+    with one of ``acr_values`` (the token's ``acr``) and/or no older than ``max_age`` seconds (``auth_time``)."""
+
+    tools: tuple[str, ...] = ()  # tool names or globs (tools/call only)
+    methods: tuple[str, ...] = ()  # MCP method names or globs
+    acr_values: tuple[str, ...] = ()  # in order of preference, as the challenge lists them
+    max_age: int | None = None  # whole seconds
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AuthConfig:
     issuers: tuple[IssuerConfig, ...]
     introspection: IntrospectionConfig | None = None
@@ -199,6 +211,7 @@ class AuthConfig:
     required_scopes: tuple[str, ...] = ()
     method_scopes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     tool_scopes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    step_up: tuple[StepUpRule, ...] = ()  # A6
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -861,7 +874,44 @@ def _auth(s: _Section) -> AuthConfig:
         required_scopes=s.take_str_list("required_scopes"),
         method_scopes=s.take_scope_map("method_scopes"),
         tool_scopes=s.take_scope_map("tool_scopes"),
+        step_up=tuple(_closed(item, _step_up_rule) for item in s.sections("step_up")),
     )
+
+
+# RFC 9470 §3: acr_values is one space-separated quoted string; D4: no '"' or '\\' in challenge values.
+_ACR_VALUE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,256}")
+
+
+def _step_up_rule(s: _Section) -> StepUpRule:
+    """A6: ``{tools: [...] | methods: [...], acr_values: [...], max_age: 5m}``."""
+    tools = s.take_str_list("tools")
+    methods = s.take_str_list("methods")
+    if s.has("tools") == s.has("methods"):
+        s.problems.error(s.path, "give tools or methods (one of the two)")
+    for key, names in (("tools", tools), ("methods", methods)):
+        if s.has(key) and not names:
+            s.problems.error(s.key_path(key), "must not be empty")
+        for index, name in enumerate(names):
+            if not name or name != name.strip() or not name.isprintable():
+                s.problems.error(f"{s.key_path(key)}[{index}]", f"must be a name or glob without spaces at its ends: {name[:80]!r}")
+    acr_values = s.take_str_list("acr_values")
+    for index, value in enumerate(acr_values):
+        if not _ACR_VALUE.fullmatch(value):
+            s.problems.error(f"{s.key_path('acr_values')}[{index}]",
+                             f"{value[:80]!r} must be 1-256 printable ASCII characters without spaces, '\"' or '\\'")
+    if s.has("acr_values") and not acr_values:
+        s.problems.error(s.key_path("acr_values"), "must not be empty (leave the key out instead)")
+    max_age = None
+    if s.has("max_age"):
+        seconds = s.take_duration("max_age", 0.0)
+        if seconds != int(seconds) or seconds < 1:
+            s.problems.error(s.key_path("max_age"), "must be a whole number of seconds, at least 1s (RFC 9470 max_age)")
+        max_age = int(seconds)
+    else:
+        s.take_duration("max_age", 0.0)  # mark the key as known
+    if not acr_values and max_age is None:
+        s.problems.error(s.path, "needs acr_values, max_age or both")
+    return StepUpRule(tools=tools, methods=methods, acr_values=acr_values, max_age=max_age)
 
 
 def _authorization(s: _Section) -> AuthorizationConfig:

@@ -1,12 +1,15 @@
 """The MCP endpoint: one request through the stages, in the order that is part of the security design.
 
-    edge ─► credentials ─► token ─► limits ─► message ─► scopes ─► policy ─► session ─► upstream ─► response
+    edge ─► credentials ─► token ─► limits ─► message ─► scopes ─► policy ─► step-up ─► session ─►
+        upstream ─► response
 
 Each stage either hands a richer request on or raises a ``GatewayError``; ``refuse`` turns that into a
 definite answer. Nothing reaches the upstream before every earlier stage has passed. Validity is checked
 before scopes (T10: an expired token that also lacks scopes gets 401), identity before policy. The limits
 stage comes as soon as the caller is known, so a principal over its share costs no body read and no
-policy decision; its slot is held until the answer, a streamed one included, is over (R3).
+policy decision; its slot is held until the answer, a streamed one included, is over (R3). Step-up
+(A6, RFC 9470) follows the policy: a call the policy denies is a 403 however the user signed in, so
+nobody is sent to authenticate again for a call they may not make.
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ from gateway.auth.authenticator import Authenticator, token_hash
 from gateway.auth.bearer import extract_bearer
 from gateway.auth.principal import Principal
 from gateway.auth.scopes import ScopeRequirements
+from gateway.auth.step_up import StepUpRules
 from gateway.authz.cedar import Authorizer
 from gateway.config import Config
 from gateway.edge.challenge import Challenges
 from gateway.edge.origin import OriginPolicy
 from gateway.edge.responses import error_response
-from gateway.errors import Forbidden, GatewayError, MethodNotAllowed, PayloadTooLarge, RequestTimeout
+from gateway.errors import (
+    Forbidden, GatewayError, InsufficientUserAuthentication, MethodNotAllowed, PayloadTooLarge, RequestTimeout)
 from gateway.limits import PrincipalLimiter, Slot
 from gateway.mcp.jsonrpc import Batch, Message, check_routing_headers, parse_body
 from gateway.mcp.listing import LIST_METHODS, ListFilter
@@ -131,6 +136,7 @@ class McpEndpoint:
         self.identity = identity
         self.metrics = metrics
         self.limiter = limiter
+        self.step_up = StepUpRules(config.auth.step_up, leeways={i.issuer: i.leeway for i in config.auth.issuers})  # A6
         # U1, I5: what the client sent is never forwarded when the gateway sets it itself (identity headers,
         # the request id) or the configuration says so (upstream.strip_headers).
         self._never_forwarded = never_forwarded((
@@ -168,6 +174,9 @@ class McpEndpoint:
             if state.batch is not None:
                 state.stage = "policy"
                 self.authorize(state.principal, state.batch, state)  # Z1-Z3
+                if self.step_up:
+                    state.stage = "step_up"
+                    self.check_step_up(state.principal, state.batch, state)  # A6
             state.stage = "session"
             client_session = request.headers.get("Mcp-Session-Id")  # one at most (I4)
             if client_session is not None:
@@ -196,6 +205,20 @@ class McpEndpoint:
                 state.rpc_id = message.id
                 state.audited = True
                 raise Forbidden(decision.reason, f"{message.method} on {message.name or 'the server'}")
+
+    def check_step_up(self, principal: Principal, batch: Batch, state: _RequestState) -> None:
+        """A6: the policy allowed every message; does the user's authentication satisfy auth.step_up?"""
+        try:
+            self.step_up.check(principal, batch.messages, scopes=self.scopes.needed(batch.messages))
+        except (InsufficientUserAuthentication, Forbidden) as error:
+            # The audit event names the message that needs the step-up, not merely the batch's first.
+            message = next((m for m in batch.messages if self.step_up.requirement([m]) is not None), None)
+            needed = self.step_up.requirement(batch.messages)
+            self._audit(state, message, "deny", error.reason, step_up=needed and {
+                "rules": list(needed.rules), "acr_values": list(needed.acr_values or ()), "max_age": needed.max_age})
+            state.rpc_id = message.id if message is not None else None
+            state.audited = True
+            raise
 
     def _audit(self, state: _RequestState, message: Message | None, outcome: str, reason: str, **extra: Any) -> None:
         principal = state.principal

@@ -4,6 +4,7 @@
      ├── BadRequest                400  invalid_request   malformed credentials or message (T1, Z5, Z6)
      ├── Unauthenticated           401  invalid_token     no token, or a token that is not valid (D1, T7)
      ├── InsufficientScope         403  insufficient_scope a valid token without the scopes needed (T10)
+     ├── InsufficientUserAuthentication 401 insufficient_user_authentication  step-up needed (A6, RFC 9470)
      ├── Forbidden                 403                    origin refused (E1) or policy denied (Z3)
      ├── NotFound                  404                    unknown path, or a session of someone else (U5)
      ├── MethodNotAllowed          405
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-OAuthErrorCode = Literal["invalid_request", "invalid_token", "insufficient_scope"]
+OAuthErrorCode = Literal["invalid_request", "invalid_token", "insufficient_scope", "insufficient_user_authentication"]
 
 # JSON-RPC 2.0 error codes used in bodies (https://www.jsonrpc.org/specification#error_object).
 PARSE_ERROR = -32700
@@ -83,6 +84,23 @@ class InsufficientScope(GatewayError):
     def __init__(self, reason: str, detail: str = "", *, required_scopes: tuple[str, ...]):
         super().__init__(reason, detail)
         self.required_scopes = required_scopes
+
+
+class InsufficientUserAuthentication(GatewayError):
+    """401 (RFC 9470 §3): a valid token whose user authentication (``acr``, ``auth_time``) is not what this
+    request needs. Not an ``Unauthenticated``: the token is valid, the client must step up, not start over."""
+
+    status = 401
+    oauth_error = "insufficient_user_authentication"
+    jsonrpc_code = UNAUTHORIZED
+    default_message = "Stronger or more recent authentication required"
+
+    def __init__(self, reason: str, detail: str = "", *, acr_values: tuple[str, ...], max_age: int | None,
+                 scopes: tuple[str, ...] = ()):
+        super().__init__(reason, detail)
+        self.acr_values = acr_values
+        self.max_age = max_age
+        self.scopes = scopes
 
 
 class Forbidden(GatewayError):

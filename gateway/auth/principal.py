@@ -75,6 +75,19 @@ def principal_namespaces(issuers: Sequence[IssuerConfig]) -> dict[str, str | Non
     return namespaces
 
 
+def principal_namespace(issuers: Sequence[IssuerConfig], claims: Mapping[str, Any]) -> str | None:
+    """I7, for tools that start from claims rather than a verified token (``policy explain``, ``policy
+    test``): the namespace the gateway would give the principal, chosen by the claims' ``iss`` when several
+    issuers are configured. ``ValueError`` when ``iss`` then names none of them."""
+    namespaces = principal_namespaces(issuers)
+    if len(namespaces) == 1:
+        return None
+    issuer = claims.get("iss")
+    if isinstance(issuer, str) and issuer in namespaces:
+        return namespaces[issuer]
+    raise ValueError(f"iss {str(issuer)[:100]!r} is not one of auth.issuers; with several issuers it decides the principal id")
+
+
 def principal_from_claims(claims: Mapping[str, Any], *, token_type: TokenKind, namespace: str | None = None) -> Principal:
     """The caller a verified token (or introspection answer) names. ``namespace``: its issuer's, for I7."""
     client_id = next((claims[c] for c in CLIENT_ID_CLAIMS if isinstance(claims.get(c), str) and claims[c]), "")

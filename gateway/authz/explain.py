@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gateway.auth.principal import principal_from_claims, principal_namespaces
+from gateway.auth.principal import principal_from_claims, principal_namespace
 from gateway.auth.scopes import ScopeRequirements
 from gateway.authz.cedar import Authorizer, PolicyStore
 from gateway.config import Config
@@ -24,14 +24,10 @@ def explain(config: Config, claims_file: Path, request_file: Path) -> dict[str, 
     if not isinstance(claims, dict):
         raise ValueError(f"{claims_file}: must be a JSON object of token claims")
     # I7: the principal id the gateway would build: qualified by the issuer's name when there are several.
-    namespaces = principal_namespaces(config.auth.issuers)
-    if len(namespaces) == 1:
-        namespace = None
-    elif isinstance(claims.get("iss"), str) and claims["iss"] in namespaces:
-        namespace = namespaces[claims["iss"]]
-    else:
-        raise ValueError(f"{claims_file}: iss {str(claims.get('iss'))[:100]!r} is not one of auth.issuers; "
-                         "with several issuers it decides the principal id")
+    try:
+        namespace = principal_namespace(config.auth.issuers, claims)
+    except ValueError as exc:
+        raise ValueError(f"{claims_file}: {exc}") from exc
     principal = principal_from_claims(claims, token_type="jwt", namespace=namespace)
     batch = parse_body(request_file.read_bytes(), "application/json")
     store = PolicyStore(config.authorization)

@@ -35,6 +35,9 @@ const USERS = { [USER_SUB]: USER_CLAIMS, ...JSON.parse(env.USERS_JSON || '{}') }
 const AT_CLAIMS = (env.AT_CLAIMS ?? '*').split(',').map((s) => s.trim()).filter(Boolean);
 const OPAQUE_CLIENTS = new Set((env.OPAQUE_CLIENTS ?? 'gateway-test-opaque').split(',').map((s) => s.trim()).filter(Boolean));
 const LOG = ['1', 'true', 'yes'].includes(String(env.LOG_REQUESTS ?? '').toLowerCase());
+// RFC 9470 step-up: the acr values this server "performs" (acr_values_supported). A login records the first
+// of the request's acr_values that is one of them, else the first of them; user tokens carry acr and auth_time.
+const ACR_VALUES = (env.ACR_VALUES ?? 'pwd mfa').split(/\s+/).filter(Boolean);
 
 const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
 const TT_ACCESS_TOKEN = 'urn:ietf:params:oauth:token-type:access_token';
@@ -145,6 +148,7 @@ const configuration = {
     };
   },
   clientBasedCORS() { return true; },
+  acrValues: ACR_VALUES,
   // only the authorization code flow (no implicit / hybrid)
   responseTypes: ['code'],
   discovery: {
@@ -170,6 +174,10 @@ const configuration = {
   async extraTokenClaims(ctx, token) {
     const extra = {};
     if (token.accountId) Object.assign(extra, userAccessTokenClaims(token.accountId));
+    // RFC 9470 §6.1: the user authentication behind the token, from the code or refresh token it came from.
+    const authn = ctx?.oidc?.entities?.AuthorizationCode ?? ctx?.oidc?.entities?.RefreshToken;
+    if (token.accountId && authn?.acr) extra.acr = authn.acr;
+    if (token.accountId && authn?.authTime) extra.auth_time = authn.authTime;
     if (token.gty === TOKEN_EXCHANGE && token.clientId) {
       extra.act = { sub: token.clientId };
     }
@@ -347,7 +355,8 @@ async function handleInteraction(ctx) {
     result = { error: 'access_denied', error_description: 'denied by test server (login_hint=deny)' };
   } else if (prompt.name === 'login') {
     const accountId = params.login_hint || USER_SUB;
-    result = { login: { accountId, amr: ['pwd'], remember: true } };
+    const acr = (params.acr_values || '').split(' ').find((value) => ACR_VALUES.includes(value)) ?? ACR_VALUES[0];
+    result = { login: { accountId, acr, amr: acr === 'pwd' ? ['pwd'] : ['pwd', 'otp'], remember: true } };
   } else if (prompt.name === 'consent') {
     let grant;
     if (details.grantId) {
