@@ -7,6 +7,12 @@
 
 D4: values never contain ``"`` or ``\\`` (real clients read them with a simple regex), and the metadata URL
 comes from configuration, never from the request.
+
+S1 (RFC 9449 §7.1, §7.2): a second ``WWW-Authenticate`` field carries ``DPoP algs="ES256 RS256"``. The
+``error`` goes on the challenge of the scheme the client used: a bad proof says ``DPoP error=
+"invalid_dpop_proof"`` while the ``Bearer`` challenge stays bare. The ``Bearer`` field comes first (clients
+that read one header value find ``resource_metadata`` where they always did); with ``auth.dpop.required``
+there is no ``Bearer`` challenge and the ``DPoP`` one carries ``resource_metadata``.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import re
 from collections.abc import Iterable
 from urllib.parse import urlsplit, urlunsplit
 
-from gateway.errors import GatewayError, InsufficientScope, Unauthenticated
+from gateway.errors import GatewayError, InsufficientScope, InvalidDpopProof, Unauthenticated
 
 PRM_WELL_KNOWN = "/.well-known/oauth-protected-resource"
 
@@ -25,6 +31,8 @@ _UNSAFE = re.compile(r'[^\x20\x21\x23-\x5b\x5d-\x7e]')
 DESCRIPTIONS = {
     "invalid_token": "The access token is invalid or expired",
     "insufficient_scope": "The access token lacks a scope this request needs",
+    "invalid_dpop_proof": "The DPoP proof is invalid",
+    "use_dpop_nonce": "Resource server requires nonce in DPoP proof",
 }
 
 
@@ -57,12 +65,59 @@ def bearer_challenge(
     return "Bearer " + ", ".join(params)
 
 
+def dpop_challenge(algorithms: Iterable[str], *, resource_metadata: str | None = None, error: str | None = None,
+                   scopes: Iterable[str] = (), description: str | None = None) -> str:
+    """RFC 9449 §7.1: ``DPoP algs="ES256 RS256"`` and, for a refused DPoP request, its ``error``."""
+    params = [f"algs={_quoted(' '.join(algorithms))}"]
+    if resource_metadata:
+        params.append(f"resource_metadata={_quoted(resource_metadata)}")
+    if error:
+        params.append(f"error={_quoted(error)}")
+    scope = " ".join(scopes)
+    if scope:
+        params.append(f"scope={_quoted(scope)}")
+    if error and description:
+        params.append(f"error_description={_quoted(description)}")
+    return "DPoP " + ", ".join(params)
+
+
+def _error_of(error: GatewayError, credential_stage: bool) -> str | None:
+    if isinstance(error, (InsufficientScope, Unauthenticated)):
+        return error.oauth_error
+    return "invalid_request" if credential_stage and error.status == 400 else None
+
+
 class Challenges:
     """The challenges of one configured resource."""
 
-    def __init__(self, public_url: str, required_scopes: Iterable[str]):
+    def __init__(self, public_url: str, required_scopes: Iterable[str], *,
+                 dpop_algorithms: Iterable[str] = (), dpop_required: bool = False):
         self.resource_metadata = prm_url(public_url)
         self.required_scopes = tuple(required_scopes)
+        self.dpop_algorithms = tuple(dpop_algorithms)
+        self.dpop_required = dpop_required and bool(self.dpop_algorithms)
+
+    def all_for_error(self, error: GatewayError, *, credential_stage: bool = False, scheme: str | None = None) -> list[str]:
+        """Every ``WWW-Authenticate`` value for ``error``: Bearer (unless DPoP is required), then DPoP."""
+        bearer = self.for_error(error, credential_stage=credential_stage)
+        if bearer is None or not self.dpop_algorithms:
+            return [bearer] if bearer else []
+        dpop_used = scheme == "dpop" or isinstance(error, InvalidDpopProof)
+        code = _error_of(error, credential_stage) if (dpop_used or self.dpop_required) else None
+        scopes: tuple[str, ...] = ()
+        if isinstance(error, InsufficientScope):
+            scopes = error.required_scopes if code else ()
+        elif code != "invalid_request" and (code or self.dpop_required):
+            scopes = self.required_scopes
+        dpop = dpop_challenge(
+            self.dpop_algorithms, resource_metadata=self.resource_metadata if self.dpop_required else None,
+            error=code, scopes=scopes,
+            description=error.message if code == "invalid_request" else DESCRIPTIONS.get(code or ""))
+        if self.dpop_required:
+            return [dpop]
+        if dpop_used:
+            bearer = bearer_challenge(self.resource_metadata, scopes=self.required_scopes)  # the error is DPoP's
+        return [bearer, dpop]
 
     def for_error(self, error: GatewayError, *, credential_stage: bool = False) -> str | None:
         if isinstance(error, InsufficientScope):
