@@ -170,6 +170,7 @@ def test_s1_jwk_of_one_key_signature_of_another_refused():
     assert refused.value.reason == "dpop_bad_signature"
 
 
+@pytest.mark.filterwarnings("ignore:The RSA key is 1024 bits")
 def test_s1_rsa_keys_outside_the_size_bounds_refused():
     assert reason(DpopKey.rsa(1024).proof(RESOURCE, TOKEN)) == "dpop_jwk_malformed"
 
