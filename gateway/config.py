@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -991,6 +991,10 @@ def parse_config(data: Any, *, source: str = "<config>", base_dir: Path | None =
     top.close()
     if problems.errors:
         raise ConfigError(problems.errors)
+    if config.server.workers > 1 and config.state.redis_url is None:
+        problems.warn("state.redis_url", f"not set with server.workers {config.server.workers}: each worker keeps its own "
+                                         "DPoP replay window, so a proof can be replayed once per worker (S2)")
+        config = replace(config, warnings=tuple(problems.warnings))
     return config
 
 

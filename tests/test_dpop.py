@@ -365,3 +365,28 @@ def test_s1_config_refuses_symmetric_dpop_algorithms():
 def test_s1_unused_helpers_stay_consistent():
     assert base64.urlsafe_b64decode(ath(TOKEN) + "=") == base64.urlsafe_b64decode(access_token_hash(TOKEN) + "=")
     assert dpop_headers("t", "p") == {"Authorization": "DPoP t", "DPoP": "p"}
+
+
+def test_s1_eddsa_proof_accepted_when_configured():
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from jwt.algorithms import OKPAlgorithm
+
+    private = ed25519.Ed25519PrivateKey.generate()
+    jwk = json.loads(OKPAlgorithm.to_jwk(private.public_key()))
+    import jwt as pyjwt
+
+    claims = {"jti": "e", "htm": "POST", "htu": RESOURCE, "iat": int(time.time()), "ath": access_token_hash(TOKEN)}
+    proof = pyjwt.encode(claims, private, algorithm="EdDSA", headers={"typ": "dpop+jwt", "jwk": jwk})
+    rules = DpopRules(algorithms=frozenset({"EdDSA"}), max_age=60, htu=RULES.htu)
+    check(proof, rules=rules).confirm(jwk_thumbprint(jwk))
+    assert reason(proof) == "dpop_alg_not_allowed"  # not in the default [ES256, RS256]
+
+
+def test_s2_config_warns_about_workers_without_redis():
+    from gateway.config import parse_config
+
+    base = {"server": {"public_url": RESOURCE, "workers": 2}, "upstream": {"url": "http://127.0.0.1:1/mcp"},
+            "auth": {"issuers": [{"issuer": "https://idp.example.com"}]}, "authorization": {"policies": "/"}}
+    assert any("state.redis_url" in w for w in parse_config(base, source="g.yaml").warnings)
+    with_redis = {**base, "state": {"redis_url": "redis://127.0.0.1:6379/0"}}
+    assert not any("state.redis_url" in w for w in parse_config(with_redis, source="g.yaml").warnings)

@@ -74,7 +74,7 @@ def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
     if members is None or not all(isinstance(jwk.get(name), str) for name in members):
         raise ValueError("not a public key with the members RFC 7638 needs")
     canonical = json.dumps({name: jwk[name] for name in members}, separators=(",", ":"), ensure_ascii=False)
-    return b64url(hashlib.sha256(canonical.encode("utf-8")).digest())
+    return b64url(hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).digest())
 
 
 def expected_htu(public_url: str) -> str:
@@ -154,7 +154,7 @@ class DpopProof:
     def confirm(self, bound_jkt: Any) -> None:
         """RFC 9449 §4.3 (12b) then (6): the token's ``cnf.jkt`` names this proof's key, and the proof
         was signed with it."""
-        if not isinstance(bound_jkt, str) or not hmac.compare_digest(bound_jkt.encode(), self.thumbprint.encode()):
+        if not isinstance(bound_jkt, str) or not hmac.compare_digest(_utf8(bound_jkt), self.thumbprint.encode()):
             raise InvalidDpopProof("dpop_key_mismatch", "the proof's jwk is not the key cnf.jkt names",
                                    oauth_error="invalid_token")
         try:
@@ -166,7 +166,12 @@ class DpopProof:
 
     def replay_key(self) -> bytes:
         """The replay window's key: the key and jti together, hashed (a bounded size, never the jti itself)."""
-        return hashlib.sha256(f"{self.thumbprint}\x00{self.jti}".encode()).digest()
+        return hashlib.sha256(_utf8(f"{self.thumbprint}\x00{self.jti}")).digest()
+
+
+def _utf8(text: str) -> bytes:
+    """JSON may carry lone surrogates ("\\ud800"); they are bytes like any other here, never an exception."""
+    return text.encode("utf-8", "surrogatepass")
 
 
 def _refuse(reason: str, detail: str) -> InvalidDpopProof:
@@ -206,7 +211,7 @@ def read_proof(values: Sequence[str], *, method: str, token: str, rules: DpopRul
     if iat > now + IAT_FUTURE_SKEW:
         raise _refuse("dpop_proof_in_future", f"iat is {iat - now:.0f}s in the future")
     ath = claims.get("ath")
-    if not isinstance(ath, str) or not hmac.compare_digest(ath.encode(), access_token_hash(token).encode()):
+    if not isinstance(ath, str) or not hmac.compare_digest(_utf8(ath), access_token_hash(token).encode()):
         raise _refuse("dpop_wrong_ath", "ath is not the hash of this access token" if ath else "no ath")
     return DpopProof(proof=proof, alg=alg, key=key, thumbprint=thumbprint, jti=jti, iat=float(iat))
 

@@ -140,5 +140,5 @@ class ClientCertificates:
             raise Unauthenticated("mtls_xfcc_malformed", f"{XFCC_HEADER}: {str(exc)[:80]}") from None
         if thumbprint is None:
             raise Unauthenticated("mtls_no_certificate", f"{XFCC_HEADER} names no certificate (no Hash, no Cert)")
-        if not hmac.compare_digest(thumbprint.encode(), bound.encode()):
+        if not hmac.compare_digest(thumbprint.encode(), bound.encode("utf-8", "surrogatepass")):
             raise Unauthenticated("mtls_certificate_mismatch", "client certificate is not the one cnf.x5t#S256 names")
