@@ -188,7 +188,9 @@ def read_proof(values: Sequence[str], *, method: str, token: str, rules: DpopRul
     if len(proof) > MAX_PROOF_BYTES:
         raise _refuse("dpop_proof_too_large", f"{len(proof)} bytes > {MAX_PROOF_BYTES}")
     header, claims = _read_jws(proof)
-    alg = _check_header(header, rules)
+    alg = _check_header(header, rules)  # alg none is refused here, by name
+    if proof.endswith("."):
+        raise _refuse("dpop_proof_malformed", "no signature")  # an unsecured JWS is never a proof
     key, thumbprint = _read_jwk(header.get("jwk"), alg)
     jti = claims.get("jti")
     if not isinstance(jti, str) or not jti or len(jti) > MAX_JTI_CHARS:
@@ -224,8 +226,6 @@ def _read_jws(proof: str) -> tuple[dict[str, Any], dict[str, Any]]:
     header, problem = _compact_problem(parts)
     if header is None:
         raise _refuse("dpop_proof_malformed", problem)
-    if not parts[2]:
-        raise _refuse("dpop_proof_malformed", "no signature")  # an unsecured JWS: never a proof
     claims, problem = _strict_json_object(_strict_base64url(parts[1]) or b"")
     if claims is None:
         raise _refuse("dpop_proof_malformed", f"payload {problem}")

@@ -89,7 +89,7 @@ def _hostile(case: str, key: DpopKey, token: str) -> tuple[dict | list, str]:
         "future iat": ({"Authorization": auth, "DPoP": proof(iat=now + 300)}, "dpop_proof_in_future"),
         "wrong ath": ({"Authorization": auth, "DPoP": proof(ath=ath(token + "x"))}, "dpop_wrong_ath"),
         "another key than cnf.jkt": ({"Authorization": auth, "DPoP": DpopKey.ec().proof(RESOURCE, token)}, "dpop_key_mismatch"),
-        "alg none": ({"Authorization": auth, "DPoP": proof(header={"alg": "none"})}, "dpop_proof_malformed"),
+        "alg none": ({"Authorization": auth, "DPoP": proof(header={"alg": "none"})}, "dpop_alg_not_allowed"),
         "alg HS256": ({"Authorization": auth, "DPoP": proof(header={"alg": "HS256"})}, "dpop_alg_not_allowed"),
         "private key in jwk": ({"Authorization": auth, "DPoP": proof(header={"jwk": key.private_jwk()})}, "dpop_jwk_private"),
         "bound token as Bearer": ({"Authorization": f"Bearer {token}", "DPoP": proof()}, "dpop_bound_token_as_bearer"),
