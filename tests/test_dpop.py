@@ -395,3 +395,13 @@ def test_s2_config_warns_about_workers_without_redis():
     assert any("state.redis_url" in w for w in parse_config(base, source="g.yaml").warnings)
     with_redis = {**base, "state": {"redis_url": "redis://127.0.0.1:6379/0"}}
     assert not any("state.redis_url" in w for w in parse_config(with_redis, source="g.yaml").warnings)
+
+
+async def test_s1_insufficient_scope_with_dpop_goes_on_the_dpop_challenge(upstream, start_gateway, bound):
+    key, token = bound  # scope "mcp"
+    client = await start_gateway(upstream.url, authenticated=False, auth={"required_scopes": ["mcp", "mcp.admin"]})
+    response = await call(client, token, key.proof(RESOURCE, token))
+    assert response.status == 403
+    bearer, dpop = response.headers.getall("WWW-Authenticate")
+    assert "error" not in bearer
+    assert dpop.startswith('DPoP algs="ES256 RS256", error="insufficient_scope", scope="mcp mcp.admin"')
