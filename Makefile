@@ -49,6 +49,8 @@ run: venv
 	$(VENV)/bin/mcp-auth-gateway demo
 
 test: venv npm tools
+	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; } || \
+		{ echo "the S2 tests need redis-server (Debian: apt-get install redis-server)"; exit 1; }
 	$(PY) -m pytest
 
 # P6: wrk drives the load, nginx (Debian's package) is the floor for any proxy; both installed on first use.

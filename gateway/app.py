@@ -18,9 +18,13 @@ from typing import Any, TypeVar
 from aiohttp import web, web_response
 
 from gateway.auth.authenticator import Authenticator
+from gateway.auth.dpop import DpopNonces
 from gateway.auth.introspection import Introspector
 from gateway.auth.jwks import JwksCache
+from gateway.auth.mtls import ClientCertificates, parse_networks
+from gateway.auth.replay import MemoryReplayWindow, RedisReplayWindow
 from gateway.auth.scopes import ScopeRequirements
+from gateway.auth.sender import SenderConstraints
 from gateway.authz.cedar import Authorizer, PolicyStore
 from gateway.config import Config
 from gateway.edge.challenge import Challenges
@@ -125,6 +129,9 @@ class Gateway:
                 config.auth.introspection, self.authenticator.rules, resolve_endpoint=lambda: self._introspection_endpoint(first_issuer)
             )
             self.authenticator.introspector = self.introspector
+        session_key = session_key or load_session_key(config.server.session_key_file)
+        self.senders = self._sender_constraints(config, session_key)  # S1-S3
+        self.authenticator.senders = self.senders
         self.policies = PolicyStore(config.authorization)
         self.authorizer = Authorizer(self.policies, config.authorization, server_name=config.resource.name or "mcp")
         self.audit = AuditLog(config.audit)
@@ -141,8 +148,9 @@ class Gateway:
             proxy=self.proxy,
             authenticator=self.authenticator,
             scopes=ScopeRequirements(config.auth),
-            sessions=SessionBindings(session_key or load_session_key(config.server.session_key_file)),
-            challenges=Challenges(config.server.public_url, config.auth.required_scopes),
+            sessions=SessionBindings(session_key),
+            challenges=Challenges(config.server.public_url, config.auth.required_scopes,
+                                  dpop_algorithms=config.auth.dpop.algorithms, dpop_required=config.auth.dpop.required),
             origins=OriginPolicy(config.server.allowed_origins),
             authorizer=self.authorizer,
             audit=self.audit,
@@ -156,6 +164,19 @@ class Gateway:
         self._started = False
         self.readiness.add("started", lambda: self._started)
         self.readiness.add("issuer_keys", lambda: self.jwks.ready)
+
+    @staticmethod
+    def _sender_constraints(config: Config, session_key: bytes) -> SenderConstraints:
+        """S1-S3. The replay window is Redis when state.redis_url is set (S2); the nonce key is derived from
+        the session key, so the workers and replicas that share one accept each other's nonces."""
+        dpop = config.auth.dpop
+        replay: MemoryReplayWindow | RedisReplayWindow = MemoryReplayWindow(dpop.jti_cache_size)
+        if config.state.redis_url is not None:
+            replay = RedisReplayWindow(config.state.redis_url.reveal(), timeout=config.state.timeout,
+                                       prefix=config.state.key_prefix)
+        return SenderConstraints(dpop, config.server.public_url, replay=replay,
+                                 certificates=ClientCertificates(parse_networks(config.auth.mtls.trusted_proxies)),
+                                 nonces=DpopNonces(session_key, dpop.max_age) if dpop.nonce else None)
 
     async def _introspection_endpoint(self, issuer: str) -> str:
         metadata = self.jwks.metadata(issuer) or await self.jwks.discover(issuer)
@@ -181,12 +202,20 @@ class Gateway:
         app.router.add_route("*", self.config.server.mcp_path, self.endpoint.handle)
         app.on_response_prepare.append(name_the_server)
         app.on_response_prepare.append(add_request_id_header)
+        if self.senders.nonces is not None:
+            app.on_response_prepare.append(self._add_dpop_nonce)
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)
         return app
 
+    async def _add_dpop_nonce(self, request: web.Request, response: web.StreamResponse) -> None:
+        """S1, RFC 9449 §8.2, §9: every answer of the MCP endpoint carries the current nonce."""
+        if request.path == self.config.server.mcp_path:
+            response.headers["DPoP-Nonce"] = self.senders.nonce_header() or ""
+
     async def _on_startup(self, app: web.Application) -> None:
         await self.proxy.start()
+        await self.senders.replay.start()
         await self.jwks.start()
         if self.token_endpoint is not None:
             await self.token_endpoint.start()
@@ -204,6 +233,7 @@ class Gateway:
                 task.cancel()
             await asyncio.gather(*self._background, return_exceptions=True)
             await self.proxy.close()
+            await self.senders.replay.close()
             await self.jwks.close()
             if self.token_endpoint is not None:
                 await self.token_endpoint.close()

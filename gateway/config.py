@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -28,15 +28,18 @@ __all__ = [
     "AuthorizationConfig",
     "Config",
     "ConfigError",
+    "DpopConfig",
     "IdentityAssertionConfig",
     "IntrospectionConfig",
     "IssuerConfig",
     "JwksConfig",
     "LoggingConfig",
+    "MtlsConfig",
     "ResourceConfig",
     "Secret",
     "ServerConfig",
     "StepUpRule",
+    "StateConfig",
     "UpstreamAuthConfig",
     "UpstreamConfig",
     "load_config",
@@ -192,6 +195,31 @@ class JwksConfig:
     max_bytes: int = 256 * 1024
 
 
+# S1: the DPoP proof algorithms the gateway accepts by default (config.md); RFC 9449 §4.2: asymmetric only.
+DPOP_DEFAULT_ALGORITHMS = ("ES256", "RS256")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DpopConfig:
+    required: bool = False  # S1: true refuses every token that is not DPoP-bound (and the Bearer scheme)
+    algorithms: tuple[str, ...] = DPOP_DEFAULT_ALGORITHMS
+    max_age: float = 60.0  # S1: a proof's iat may be this old
+    nonce: bool = False  # S1, RFC 9449 §9: proofs must carry a DPoP-Nonce this gateway issued
+    jti_cache_size: int = 100_000  # R2, S1: proofs inside their window held in memory (without state.redis_url)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MtlsConfig:
+    trusted_proxies: tuple[str, ...] = ()  # S3: peers (addresses, CIDRs) whose X-Forwarded-Client-Cert is believed
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StateConfig:
+    redis_url: Secret | None = None  # S2: the DPoP replay window shared by replicas
+    timeout: float = 0.5  # S2: one Redis call; slower is 503, never an acceptance
+    key_prefix: str = "mcp-auth-gateway:dpop:"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StepUpRule:
     """A6 (RFC 9470): calls of these tools, or messages with these methods, need a user authentication
@@ -208,6 +236,8 @@ class AuthConfig:
     issuers: tuple[IssuerConfig, ...]
     introspection: IntrospectionConfig | None = None
     jwks: JwksConfig = field(default_factory=JwksConfig)
+    dpop: DpopConfig = field(default_factory=DpopConfig)
+    mtls: MtlsConfig = field(default_factory=MtlsConfig)
     required_scopes: tuple[str, ...] = ()
     method_scopes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     tool_scopes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -263,6 +293,7 @@ class Config:
     authorization: AuthorizationConfig
     resource: ResourceConfig = field(default_factory=ResourceConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    state: StateConfig = field(default_factory=StateConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     source: str = "<config>"
@@ -850,6 +881,48 @@ def _jwks(s: _Section) -> JwksConfig:
     return config
 
 
+def _dpop(s: _Section) -> DpopConfig:
+    algorithms = s.take_str_list("algorithms", DPOP_DEFAULT_ALGORITHMS)
+    for index, alg in enumerate(algorithms):
+        if alg not in ASYMMETRIC_ALGORITHMS:
+            # RFC 9449 §4.3 (5): an asymmetric algorithm; none and HS* are never a proof.
+            s.problems.error(f"{s.key_path('algorithms')}[{index}]",
+                             f"{alg!r} is not allowed; use asymmetric algorithms only: {', '.join(ASYMMETRIC_ALGORITHMS)}")
+    if not algorithms:
+        s.problems.error(s.key_path("algorithms"), "must not be empty")
+    return DpopConfig(
+        required=s.take_bool("required", False),
+        algorithms=tuple(dict.fromkeys(a for a in algorithms if a in ASYMMETRIC_ALGORITHMS)) or DPOP_DEFAULT_ALGORITHMS,
+        max_age=_positive(s, "max_age", 60.0),
+        nonce=s.take_bool("nonce", False),
+        jti_cache_size=s.take_int("jti_cache_size", 100_000, minimum=1),
+    )
+
+
+def _mtls(s: _Section) -> MtlsConfig:
+    import ipaddress
+
+    proxies = s.take_str_list("trusted_proxies")
+    for index, value in enumerate(proxies):
+        try:
+            ipaddress.ip_network(value.strip(), strict=False)
+        except ValueError:
+            s.problems.error(f"{s.key_path('trusted_proxies')}[{index}]", f"{value[:60]!r} is not an IP address or CIDR")
+    return MtlsConfig(trusted_proxies=proxies)
+
+
+def _state(s: _Section) -> StateConfig:
+    url = s.take_secret("redis_url")
+    if url is not None and urlsplit(url.reveal()).scheme not in ("redis", "rediss", "unix"):
+        # The URL may carry a password: the message never shows it.
+        s.problems.error(s.key_path("redis_url"), "must be a redis://, rediss:// or unix:// URL")
+    return StateConfig(
+        redis_url=url,
+        timeout=_positive(s, "timeout", 0.5),
+        key_prefix=s.take_str("key_prefix", "mcp-auth-gateway:dpop:"),
+    )
+
+
 def _auth(s: _Section) -> AuthConfig:
     issuers = tuple(_closed(item, _issuer) for item in s.sections("issuers"))
     if not issuers:
@@ -871,6 +944,8 @@ def _auth(s: _Section) -> AuthConfig:
         issuers=issuers,
         introspection=_closed(s.section("introspection"), _introspection) if s.has("introspection") else None,
         jwks=_closed(s.section("jwks"), _jwks),
+        dpop=_closed(s.section("dpop"), _dpop),
+        mtls=_closed(s.section("mtls"), _mtls),
         required_scopes=s.take_str_list("required_scopes"),
         method_scopes=s.take_scope_map("method_scopes"),
         tool_scopes=s.take_scope_map("tool_scopes"),
@@ -957,6 +1032,7 @@ def parse_config(data: Any, *, source: str = "<config>", base_dir: Path | None =
         auth=_closed(top.section("auth"), _auth),
         authorization=_closed(top.section("authorization"), _authorization),
         limits=_closed(top.section("limits"), _limits),
+        state=_closed(top.section("state"), _state),
         logging=_closed(top.section("logging"), _logging),
         audit=_closed(top.section("audit"), _audit),
         source=source,
@@ -965,6 +1041,10 @@ def parse_config(data: Any, *, source: str = "<config>", base_dir: Path | None =
     top.close()
     if problems.errors:
         raise ConfigError(problems.errors)
+    if config.server.workers > 1 and config.state.redis_url is None:
+        problems.warn("state.redis_url", f"not set with server.workers {config.server.workers}: each worker keeps its own "
+                                         "DPoP replay window, so a proof can be replayed once per worker (S2)")
+        config = replace(config, warnings=tuple(problems.warnings))
     return config
 
 

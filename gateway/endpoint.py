@@ -25,10 +25,11 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from gateway.auth.authenticator import Authenticator, token_hash
-from gateway.auth.bearer import extract_bearer
+from gateway.auth.bearer import extract_credentials
 from gateway.auth.principal import Principal
 from gateway.auth.scopes import ScopeRequirements
 from gateway.auth.step_up import StepUpRules
+from gateway.auth.sender import RequestFacts
 from gateway.authz.cedar import Authorizer
 from gateway.config import Config
 from gateway.edge.challenge import Challenges
@@ -88,6 +89,7 @@ class _RequestState:
     audited: bool = False
     token: str = field(default="", repr=False)  # the client's token: for a token exchange only, never upstream
     token_hash: bytes = field(default=b"", repr=False)  # T11: computed once, the key of every token cache
+    scheme: str | None = None  # S1: "bearer" or "dpop", once the credentials are read
     slot: Slot | None = None  # R3: this request's place in its principal's share, released when it ends
     upstream_session: str | None = None  # P4: the upstream's own session id, unwrapped from the client's
 
@@ -153,10 +155,12 @@ class McpEndpoint:
             if request.method not in MCP_METHODS:
                 raise MethodNotAllowed("method_not_allowed", request.method, allowed=MCP_METHODS)
             state.stage = "credentials"
-            state.token = extract_bearer(request.headers, request.query, request.headers.get("Content-Type", ""))  # T1
+            credentials = extract_credentials(request.headers, request.query, request.headers.get("Content-Type", ""))  # T1
+            state.token, state.scheme = credentials.token, credentials.scheme
             state.stage = "token"
             state.token_hash = token_hash(state.token)
-            state.principal = await self.authenticator.authenticate(state.token, state.token_hash)  # T2-T9
+            state.principal = await self.authenticator.authenticate_request(  # T2-T9, S1-S3
+                credentials, state.token_hash, RequestFacts.of(request.method, request.headers, request.remote))
             state.credential_stage = False
             state.stage = "limits"
             state.slot = self.limiter.acquire(state.principal)  # R3
@@ -244,11 +248,14 @@ class McpEndpoint:
         if not state.audited:
             first = state.batch.messages[0] if state.batch and state.batch.messages else None
             self._audit(state, first, "deny", error.reason)
+        challenges = self.challenges.all_for_error(error, credential_stage=state.credential_stage, scheme=state.scheme)
         response = error_response(
             error,
             rpc_id=state.rpc_id if state.rpc_id is not None else (state.batch.first_id if state.batch else None),
-            www_authenticate=self.challenges.for_error(error, credential_stage=state.credential_stage),
+            www_authenticate=challenges[0] if challenges else None,
         )
+        for challenge in challenges[1:]:  # S1: the DPoP challenge, a field of its own beside Bearer's
+            response.headers.add("WWW-Authenticate", challenge)
         if state.origin is not None:
             response.headers.update(OriginPolicy.response_headers(state.origin))
         return response

@@ -3,6 +3,8 @@
     GatewayError                   (status, reason code, safe message, precise log detail)
      ├── BadRequest                400  invalid_request   malformed credentials or message (T1, Z5, Z6)
      ├── Unauthenticated           401  invalid_token     no token, or a token that is not valid (D1, T7)
+     │    └── InvalidDpopProof     401  invalid_dpop_proof a DPoP proof missing or not valid (S1)
+     │         └── UseDpopNonce    401  use_dpop_nonce    the proof needs a fresh server nonce (S1, RFC 9449 §9)
      ├── InsufficientScope         403  insufficient_scope a valid token without the scopes needed (T10)
      ├── InsufficientUserAuthentication 401 insufficient_user_authentication  step-up needed (A6, RFC 9470)
      ├── Forbidden                 403                    origin refused (E1) or policy denied (Z3)
@@ -25,7 +27,8 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-OAuthErrorCode = Literal["invalid_request", "invalid_token", "insufficient_scope", "insufficient_user_authentication"]
+OAuthErrorCode = Literal["invalid_request", "invalid_token", "insufficient_scope", "insufficient_user_authentication",
+                         "invalid_dpop_proof", "use_dpop_nonce"]
 
 # JSON-RPC 2.0 error codes used in bodies (https://www.jsonrpc.org/specification#error_object).
 PARSE_ERROR = -32700
@@ -73,6 +76,26 @@ class Unauthenticated(GatewayError):
     @property
     def oauth_error(self) -> OAuthErrorCode | None:  # type: ignore[override]
         return "invalid_token" if self.token_sent else None
+
+
+class InvalidDpopProof(Unauthenticated):
+    """401 for the DPoP scheme (RFC 9449 §7.1): the challenge that carries it is ``DPoP``, not ``Bearer``.
+    ``oauth_error="invalid_token"`` for a proof that is fine but names another key than the token's."""
+
+    def __init__(self, reason: str, detail: str = "", *, oauth_error: OAuthErrorCode = "invalid_dpop_proof"):
+        super().__init__(reason, detail, message="Invalid DPoP proof")
+        self._oauth_error = oauth_error
+
+    @property
+    def oauth_error(self) -> OAuthErrorCode | None:  # type: ignore[override]
+        return self._oauth_error
+
+
+class UseDpopNonce(InvalidDpopProof):
+    """401 ``use_dpop_nonce``: answered with a fresh ``DPoP-Nonce`` header (RFC 9449 §9)."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason, detail, oauth_error="use_dpop_nonce")
 
 
 class InsufficientScope(GatewayError):

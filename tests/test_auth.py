@@ -88,6 +88,8 @@ async def test_d3_metadata_body(upstream, start_gateway, issuer):
         "resource": RESOURCE,
         "authorization_servers": [issuer.url],
         "bearer_methods_supported": ["header"],
+        "dpop_signing_alg_values_supported": ["ES256", "RS256"],  # S1: DPoP is accepted beside Bearer
+        "dpop_bound_access_tokens_required": False,
         "scopes_supported": ["mcp", "mcp.admin"],
         "resource_name": "Demo",
         "resource_documentation": "https://docs.example.com/mcp",
@@ -96,7 +98,8 @@ async def test_d3_metadata_body(upstream, start_gateway, issuer):
 
 async def test_d3_empty_fields_are_left_out(gateway, issuer):
     body = await (await gateway.get("/.well-known/oauth-protected-resource")).json()
-    assert body == {"resource": RESOURCE, "authorization_servers": [issuer.url], "bearer_methods_supported": ["header"]}
+    assert body == {"resource": RESOURCE, "authorization_servers": [issuer.url], "bearer_methods_supported": ["header"],
+                    "dpop_signing_alg_values_supported": ["ES256", "RS256"], "dpop_bound_access_tokens_required": False}
 
 
 async def test_d4_metadata_and_challenge_ignore_host_and_forwarded_headers(gateway):

@@ -97,7 +97,7 @@ async def post(url: str, token: str, body: dict, session: str | None = None) -> 
 @pytest.fixture
 def key_file(tmp_path):
     path = tmp_path / "session-key"
-    path.write_bytes(os.urandom(32))
+    path.write_bytes(os.urandom(40))
     return path
 
 
@@ -110,7 +110,7 @@ async def test_p4_a_session_opened_through_one_gateway_continues_through_another
     assert upstream.received[-1].headers["Mcp-Session-Id"] == "session-1"  # the upstream's own id, unwrapped
     assert (await post(second.url, issuer.mint(sub="bob"), LIST, session)).status == 404
     other_key = tmp_path / "other-key"
-    other_key.write_bytes(os.urandom(32))
+    other_key.write_bytes(os.urandom(40))
     stranger = await serve_gateway(upstream.url, server={"session_key_file": str(other_key)})
     assert (await post(stranger.url, alice, LIST, session)).status == 404
     assert len(upstream.received) == 2
@@ -138,3 +138,14 @@ async def test_p4_workers_share_the_port_and_every_worker_continues_every_sessio
     assert await asyncio.wait_for(gateway.process.wait(), 15) == 0
     for pid in children:
         assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2]
+
+
+def test_p4_session_key_file_keeps_every_byte_but_one_line_end(tmp_path):
+    """A binary key whose bytes happen to be whitespace is kept whole; a text key's trailing newline is not key."""
+    from gateway.mcp.sessions import load_session_key
+
+    binary = b" \t" + bytes(range(40, 70)) + b"\x0b "
+    (tmp_path / "binary").write_bytes(binary)
+    assert load_session_key(tmp_path / "binary") == binary
+    (tmp_path / "text").write_bytes(b"c2Vzc2lvbi1rZXktZm9yLXRlc3RzLW9ubHktMTIzNDU2Nzg5MA==\n")
+    assert load_session_key(tmp_path / "text") == b"c2Vzc2lvbi1rZXktZm9yLXRlc3RzLW9ubHktMTIzNDU2Nzg5MA=="

@@ -253,3 +253,21 @@ def test_a6_validate_command_reports_step_up_problems(tmp_path):
     (tmp_path / "gateway.yaml").write_text(json.dumps(data))
     config = parse_config(data, source="gateway.yaml")
     assert config.auth.step_up == (StepUpRule(methods=("tools/call",), acr_values=("mfa", "hwk"), max_age=300),)
+
+
+def test_a6_s1_step_up_error_is_on_the_scheme_the_client_used():
+    """A DPoP client must find insufficient_user_authentication on the DPoP challenge, not a bare Bearer one."""
+    from gateway.edge.challenge import Challenges
+    from gateway.errors import InsufficientUserAuthentication
+
+    error = InsufficientUserAuthentication("step_up_acr_not_accepted", acr_values=("mfa",), max_age=300)
+    challenges = Challenges("https://gw.example/mcp", (), dpop_algorithms=("ES256",))
+    bearer, dpop = challenges.all_for_error(error, scheme="dpop")
+    assert "error=" not in bearer and bearer.startswith("Bearer ")
+    assert dpop.startswith('DPoP algs="ES256", ') and 'error="insufficient_user_authentication"' in dpop
+    assert 'acr_values="mfa"' in dpop and 'max_age="300"' in dpop
+    bearer, dpop = challenges.all_for_error(error, scheme="bearer")
+    assert 'error="insufficient_user_authentication"' in bearer and dpop == 'DPoP algs="ES256"'
+    required = Challenges("https://gw.example/mcp", (), dpop_algorithms=("ES256",), dpop_required=True)
+    (only,) = required.all_for_error(error, scheme="dpop")
+    assert only.startswith("DPoP ") and "insufficient_user_authentication" in only and "resource_metadata=" in only

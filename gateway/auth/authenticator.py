@@ -5,6 +5,9 @@ JWT or not (T2, leniently: I6); for a JWT, the strict compact-serialization rule
 header rules, the key (refetching once on an unknown ``kid``, T8) and the signature and claims; for
 anything else, introspection when configured (T9). A JWT that fails, however it is malformed, is never
 introspected. Each issuer's rules carry the namespace of its principals (I7).
+
+``authenticate_request`` puts the sender checks around it (S1-S3, ``gateway.auth.sender``): the DPoP
+proof's cheap checks before the token, its binding, signature and replay window after it.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from cachetools import TLRUCache
 from gateway.auth.introspection import Introspector
 from gateway.auth.jwks import JwksCache
 from gateway.auth.jwt import IssuerRules, check_header, read_jose_header, read_unverified_claims, verify_jwt
+from gateway.auth.bearer import Credentials
 from gateway.auth.principal import Principal, principal_namespaces
+from gateway.auth.sender import RequestFacts, SenderConstraints
 from gateway.config import AuthConfig
 from gateway.errors import Unauthenticated
 
@@ -51,6 +56,7 @@ class Authenticator:
         }
         self.jwks = jwks
         self.introspector = introspector
+        self.senders: SenderConstraints | None = None  # S1-S3; set by the app wiring
         self.clock = clock
         self._verified: TLRUCache[bytes, Principal] = TLRUCache(maxsize=cache_size, ttu=self._expiry, timer=clock)
         self.verifications = 0
@@ -59,6 +65,20 @@ class Authenticator:
     def _expiry(key: bytes, principal: Principal, now: float) -> float:
         limit = now + VERIFIED_CACHE_MAX_TTL
         return limit if principal.expires_at is None else min(limit, principal.expires_at - VERIFIED_CACHE_MARGIN)
+
+    async def authenticate_request(self, credentials: Credentials, digest: bytes, request: RequestFacts) -> Principal:
+        """The caller of one request: its token verified, and what the token is bound to proven (S1-S3)."""
+        if self.senders is None:
+            if credentials.scheme != "bearer":
+                raise Unauthenticated("unsupported_scheme", "Authorization scheme dpop", token_sent=False)
+            principal = await self.authenticate(credentials.token, digest)
+            if "cnf" in principal.claims:  # fail closed: a bound token is never a bearer token by omission
+                raise Unauthenticated("sender_checks_unavailable", "a bound token (cnf) and no sender checks configured")
+            return principal
+        proof = self.senders.before_token(credentials.scheme, credentials.token, request)
+        principal = await self.authenticate(credentials.token, digest)
+        await self.senders.after_token(principal, credentials.scheme, proof, request)
+        return principal
 
     async def authenticate(self, token: str, digest: bytes | None = None) -> Principal:
         """``digest``: ``token_hash(token)`` when the caller has it already (it keys the upstream credential too)."""

@@ -9,6 +9,12 @@
 
 D4: values never contain ``"`` or ``\\`` (real clients read them with a simple regex), and the metadata URL
 comes from configuration, never from the request.
+
+S1 (RFC 9449 §7.1, §7.2): a second ``WWW-Authenticate`` field carries ``DPoP algs="ES256 RS256"``. The
+``error`` goes on the challenge of the scheme the client used: a bad proof says ``DPoP error=
+"invalid_dpop_proof"`` while the ``Bearer`` challenge stays bare. The ``Bearer`` field comes first (clients
+that read one header value find ``resource_metadata`` where they always did); with ``auth.dpop.required``
+there is no ``Bearer`` challenge and the ``DPoP`` one carries ``resource_metadata``.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ import re
 from collections.abc import Iterable
 from urllib.parse import urlsplit, urlunsplit
 
-from gateway.errors import GatewayError, InsufficientScope, InsufficientUserAuthentication, Unauthenticated
+from gateway.errors import (GatewayError, InsufficientScope, InsufficientUserAuthentication, InvalidDpopProof,
+                            Unauthenticated)
 
 PRM_WELL_KNOWN = "/.well-known/oauth-protected-resource"
 
@@ -30,6 +37,8 @@ DESCRIPTIONS = {
     # RFC 9470 §3's own wording, for a different acr and for a too old auth_time.
     "step_up_acr": "A different authentication level is required",
     "step_up_max_age": "More recent authentication is required",
+    "invalid_dpop_proof": "The DPoP proof is invalid",
+    "use_dpop_nonce": "Resource server requires nonce in DPoP proof",
 }
 
 
@@ -78,12 +87,71 @@ def step_up_challenge(resource_metadata: str, error: InsufficientUserAuthenticat
                             description=DESCRIPTIONS[kind], extra=extra)
 
 
+def dpop_challenge(algorithms: Iterable[str], *, resource_metadata: str | None = None, error: str | None = None,
+                   scopes: Iterable[str] = (), description: str | None = None) -> str:
+    """RFC 9449 §7.1: ``DPoP algs="ES256 RS256"`` and, for a refused DPoP request, its ``error``."""
+    params = [f"algs={_quoted(' '.join(algorithms))}"]
+    if resource_metadata:
+        params.append(f"resource_metadata={_quoted(resource_metadata)}")
+    if error:
+        params.append(f"error={_quoted(error)}")
+    scope = " ".join(scopes)
+    if scope:
+        params.append(f"scope={_quoted(scope)}")
+    if error and description:
+        params.append(f"error_description={_quoted(description)}")
+    return "DPoP " + ", ".join(params)
+
+
+def _error_of(error: GatewayError, credential_stage: bool) -> str | None:
+    if isinstance(error, (InsufficientScope, Unauthenticated)):
+        return error.oauth_error
+    return "invalid_request" if credential_stage and error.status == 400 else None
+
+
 class Challenges:
     """The challenges of one configured resource."""
 
-    def __init__(self, public_url: str, required_scopes: Iterable[str]):
+    def __init__(self, public_url: str, required_scopes: Iterable[str], *,
+                 dpop_algorithms: Iterable[str] = (), dpop_required: bool = False):
         self.resource_metadata = prm_url(public_url)
         self.required_scopes = tuple(required_scopes)
+        self.dpop_algorithms = tuple(dpop_algorithms)
+        self.dpop_required = dpop_required and bool(self.dpop_algorithms)
+
+    def all_for_error(self, error: GatewayError, *, credential_stage: bool = False, scheme: str | None = None) -> list[str]:
+        """Every ``WWW-Authenticate`` value for ``error``: Bearer (unless DPoP is required), then DPoP."""
+        bearer = self.for_error(error, credential_stage=credential_stage)
+        if bearer is None or not self.dpop_algorithms:
+            return [bearer] if bearer else []
+        if isinstance(error, InsufficientUserAuthentication):
+            return self._step_up_for(error, scheme)
+        dpop_used = scheme == "dpop" or isinstance(error, InvalidDpopProof)
+        code = _error_of(error, credential_stage) if (dpop_used or self.dpop_required) else None
+        scopes: tuple[str, ...] = ()
+        if isinstance(error, InsufficientScope):
+            scopes = error.required_scopes if code else ()
+        elif code != "invalid_request" and (code or self.dpop_required):
+            scopes = self.required_scopes
+        dpop = dpop_challenge(
+            self.dpop_algorithms, resource_metadata=self.resource_metadata if self.dpop_required else None,
+            error=code, scopes=scopes,
+            description=error.message if code == "invalid_request" else DESCRIPTIONS.get(code or ""))
+        if self.dpop_required:
+            return [dpop]
+        if dpop_used:
+            bearer = bearer_challenge(self.resource_metadata, scopes=self.required_scopes)  # the error is DPoP's
+        return [bearer, dpop]
+
+    def _step_up_for(self, error: InsufficientUserAuthentication, scheme: str | None) -> list[str]:
+        """A6 with S1: the RFC 9470 error goes on the challenge of the scheme the client used (a DPoP-bound
+        token's client must read it on the DPoP challenge), the other scheme's challenge carries none."""
+        step_up = step_up_challenge(self.resource_metadata, error)
+        algs = f"DPoP algs={_quoted(' '.join(self.dpop_algorithms))}"
+        if scheme == "dpop" or self.dpop_required:
+            dpop = algs + ", " + step_up.removeprefix("Bearer ")
+            return [dpop] if self.dpop_required else [bearer_challenge(self.resource_metadata), dpop]
+        return [step_up, algs]
 
     def for_error(self, error: GatewayError, *, credential_stage: bool = False) -> str | None:
         if isinstance(error, InsufficientUserAuthentication):

@@ -1,4 +1,4 @@
-"""D2, D3: RFC 9728 Protected Resource Metadata, built once from configuration and served without a token."""
+"""D2, D3, S1: RFC 9728 Protected Resource Metadata, built once from configuration and served without a token."""
 
 from __future__ import annotations
 
@@ -20,7 +20,12 @@ def protected_resource_metadata(config: Config) -> dict[str, Any]:
         "resource": config.server.public_url,
         "authorization_servers": list(config.authorization_servers),
         "bearer_methods_supported": ["header"],
+        # S1, RFC 9728 §2: the proof algorithms, and whether every token must be DPoP-bound.
+        "dpop_signing_alg_values_supported": list(config.auth.dpop.algorithms),
+        "dpop_bound_access_tokens_required": config.auth.dpop.required,
     }
+    if config.auth.mtls.trusted_proxies:
+        document["tls_client_certificate_bound_access_tokens"] = True  # S3, RFC 9728 §2 (RFC 8705)
     scopes = [s for s in config.resource.scopes_supported if s != "offline_access"]
     if scopes:
         document["scopes_supported"] = scopes

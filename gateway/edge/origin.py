@@ -14,9 +14,9 @@ from gateway.errors import Forbidden
 
 ALLOWED_METHODS = "POST, GET, DELETE"
 ALLOWED_REQUEST_HEADERS = (
-    "Authorization, Content-Type, Accept, Mcp-Session-Id, MCP-Protocol-Version, Last-Event-ID, Mcp-Method, Mcp-Name"
+    "Authorization, Content-Type, Accept, Mcp-Session-Id, MCP-Protocol-Version, Last-Event-ID, Mcp-Method, Mcp-Name, DPoP"
 )
-EXPOSED_HEADERS = "WWW-Authenticate, Mcp-Session-Id, MCP-Protocol-Version"
+EXPOSED_HEADERS = "WWW-Authenticate, Mcp-Session-Id, MCP-Protocol-Version, DPoP-Nonce"
 
 
 class OriginPolicy:

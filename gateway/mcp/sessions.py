@@ -59,10 +59,13 @@ def _unb64(text: str) -> bytes:
 
 
 def load_session_key(path: Path | None) -> bytes:
-    """The key from ``server.session_key_file`` (at least 32 bytes), or a fresh one for this process."""
+    """The key from ``server.session_key_file`` (at least 32 bytes), or a fresh one for this process.
+
+    One trailing line end is not part of the key (``openssl rand -base64 48 > key`` writes one); nothing else
+    is removed, so a binary key keeps every byte (stripping all whitespace shortened random keys)."""
     if path is None:
         return secrets.token_bytes(32)
-    key = path.read_bytes().strip()
+    key = path.read_bytes().removesuffix(b"\n").removesuffix(b"\r")
     if len(key) < MIN_KEY_BYTES:
         raise ValueError(f"{path}: a session key needs at least {MIN_KEY_BYTES} bytes")
     return key

@@ -202,6 +202,8 @@ const configuration = {
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
+    // S1: DPoP-bound access tokens (cnf.jkt) for clients that send a DPoP proof to the token endpoint
+    dPoP: { enabled: true },
     introspection: {
       enabled: true,
       async allowedPolicy(ctx, client, token) {
