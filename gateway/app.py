@@ -36,6 +36,7 @@ from gateway.mcp.sessions import SessionBindings, load_session_key
 from gateway.observe.audit import AuditLog
 from gateway.observe.logs import log_access
 from gateway.observe.metrics import Metrics, StateCollector, metrics_handler
+from gateway.observe.tracing import Tracing
 from gateway.upstream.credentials import build_credential
 from gateway.upstream.identity import IdentityAssertion, IdentityHeaders
 from gateway.upstream.proxy import UpstreamProxy
@@ -136,6 +137,7 @@ class Gateway:
             identity.append(IdentityAssertion(config.upstream.identity_assertion,
                                               issuer=config.server.public_url, audience=config.upstream.url))
         self.limiter = PrincipalLimiter(config.limits.per_principal)
+        self.tracing = Tracing(config.tracing) if config.tracing.enabled else None  # O2
         self.endpoint = McpEndpoint(
             config,
             proxy=self.proxy,
@@ -150,6 +152,7 @@ class Gateway:
             identity=identity,
             metrics=self.metrics,
             limiter=self.limiter,
+            tracing=self.tracing,
         )
         self.metrics.collect_state(StateCollector(jwks=self.jwks, introspector=self.introspector, policies=self.policies))
         self._background: list[asyncio.Task[None]] = []
@@ -211,6 +214,8 @@ class Gateway:
                 await self.introspector.close()
         finally:
             self.audit.close()  # E3, E4: the buffered audit events are written, whatever else failed here
+            if self.tracing is not None:
+                await asyncio.to_thread(self.tracing.shutdown)  # O2: queued spans are exported, not lost
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:

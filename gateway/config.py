@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from gateway.observe.tracing import tracing_problem
+
 __all__ = [
     "AuditConfig",
     "AuthConfig",
@@ -36,6 +38,7 @@ __all__ = [
     "ResourceConfig",
     "Secret",
     "ServerConfig",
+    "TracingConfig",
     "UpstreamAuthConfig",
     "UpstreamConfig",
     "load_config",
@@ -243,6 +246,14 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TracingConfig:
+    enabled: bool = False  # O2: OpenTelemetry spans over OTLP/HTTP (gateway.observe.tracing)
+    endpoint: str = "http://localhost:4318/v1/traces"  # the OTLP/HTTP traces URL (the OTLP default)
+    service_name: str = "mcp-auth-gateway"
+    sample_ratio: float = 1.0  # for traces that start here; a caller's sampled flag is followed
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     server: ServerConfig
     upstream: UpstreamConfig
@@ -252,6 +263,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
     source: str = "<config>"
     warnings: tuple[str, ...] = ()
 
@@ -893,6 +905,23 @@ def _audit(s: _Section) -> AuditConfig:
     return AuditConfig(enabled=s.take_bool("enabled", True), file=s.take_path("file"))
 
 
+def _tracing(s: _Section) -> TracingConfig:
+    config = TracingConfig(
+        enabled=s.take_bool("enabled", False),
+        endpoint=s.take_url("endpoint", "http://localhost:4318/v1/traces"),
+        service_name=s.take_str("service_name", "mcp-auth-gateway"),
+        sample_ratio=s.take_float("sample_ratio", 1.0, minimum=0.0),
+    )
+    if config.sample_ratio > 1.0:
+        s.problems.error(s.key_path("sample_ratio"), "must be between 0 and 1")
+    if not config.service_name.strip():
+        s.problems.error(s.key_path("service_name"), "must not be empty")
+    problem = tracing_problem() if config.enabled else None
+    if problem:
+        s.problems.error(s.key_path("enabled"), problem)
+    return config
+
+
 def parse_config(data: Any, *, source: str = "<config>", base_dir: Path | None = None) -> Config:
     """Build the configuration from parsed YAML. Raises ``ConfigError`` listing every problem."""
     problems = _Problems(source)
@@ -909,6 +938,7 @@ def parse_config(data: Any, *, source: str = "<config>", base_dir: Path | None =
         limits=_closed(top.section("limits"), _limits),
         logging=_closed(top.section("logging"), _logging),
         audit=_closed(top.section("audit"), _audit),
+        tracing=_closed(top.section("tracing"), _tracing),
         source=source,
         warnings=tuple(problems.warnings),
     )
