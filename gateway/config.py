@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from gateway.auth.client_auth import CLIENT_AUTH_METHODS, ClientAuthMethod
+from gateway.auth.keys import SigningKey
 from gateway.observe.tracing import tracing_problem
 
 __all__ = [
@@ -129,6 +131,9 @@ class UpstreamAuthConfig:
     scope: str | None = None
     audience: str | None = None
     resource: str | None = None
+    auth_method: ClientAuthMethod = "client_secret_basic"  # O6: how the gateway authenticates to token_endpoint
+    private_key: SigningKey | None = None  # O6: private_key_jwt (RFC 7523)
+    assertion_audience: str | None = None  # O6: the client assertion's aud; default the endpoint's URL
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -172,15 +177,17 @@ class IssuerConfig:
     leeway: float = 60.0
 
 
-IntrospectionAuthMethod = Literal["client_secret_basic", "client_secret_post"]
+IntrospectionAuthMethod = ClientAuthMethod
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class IntrospectionConfig:
     client_id: str
-    client_secret: Secret
+    client_secret: Secret | None = None  # every auth_method but private_key_jwt
     endpoint: str | None = None
     auth_method: IntrospectionAuthMethod = "client_secret_basic"
+    private_key: SigningKey | None = None  # O6: private_key_jwt (RFC 7523)
+    assertion_audience: str | None = None  # O6: the client assertion's aud; default the endpoint's URL
     cache_ttl: float = 60.0
     max_concurrent: int = 16  # R6: introspection calls in flight; more get 503 with Retry-After
 
@@ -687,15 +694,19 @@ def _positive(s: _Section, key: str, default: float) -> float:
 _UPSTREAM_AUTH_KEYS = {
     "none": set(),
     "static": {"header", "value"},
-    "client_credentials": {"token_endpoint", "client_id", "client_secret", "scope", "audience", "resource"},
-    "token_exchange": {"token_endpoint", "client_id", "client_secret", "scope", "audience", "resource"},
+    "client_credentials": {"token_endpoint", "client_id", "client_secret", "scope", "audience", "resource",
+                           "auth_method", "private_key", "assertion_audience"},
+    "token_exchange": {"token_endpoint", "client_id", "client_secret", "scope", "audience", "resource",
+                       "auth_method", "private_key", "assertion_audience"},
 }
+_CLIENT_AUTH_KEYS = ("client_secret", "private_key", "assertion_audience")
 
 
 def _upstream_auth(s: _Section) -> UpstreamAuthConfig:
     kind = s.take_choice("type", tuple(_UPSTREAM_AUTH_KEYS), "none")
     allowed = _UPSTREAM_AUTH_KEYS[kind]
-    for key in ("header", "value", "token_endpoint", "client_id", "client_secret", "scope", "audience", "resource"):
+    for key in ("header", "value", "token_endpoint", "client_id", "client_secret", "scope", "audience", "resource",
+                "auth_method", "private_key", "assertion_audience"):
         for present in (key, f"{key}_file"):
             if s.has(present) and key not in allowed:
                 s.problems.error(s.key_path(present), f"not used with type {kind}")
@@ -710,16 +721,42 @@ def _upstream_auth(s: _Section) -> UpstreamAuthConfig:
             s.problems.error(s.key_path("value_file"), f"cannot read {value_file}")
         return UpstreamAuthConfig(type=kind, header=s.take_str("header", "Authorization"), value=value, value_file=value_file)
     if kind in ("client_credentials", "token_exchange"):
+        method, secret, key, audience = _client_auth(s)
         return UpstreamAuthConfig(
             type=kind,
             token_endpoint=s.take_url("token_endpoint", required=True),
             client_id=s.take_str("client_id", required=True),
-            client_secret=s.take_secret("client_secret", required=True),
+            client_secret=secret,
+            auth_method=method,
+            private_key=key,
+            assertion_audience=audience,
             scope=s.take_str("scope"),
             audience=s.take_str("audience"),
             resource=s.take_str("resource"),
         )
     return UpstreamAuthConfig(type="none")
+
+
+def _client_auth(s: _Section) -> tuple[ClientAuthMethod, Secret | None, SigningKey | None, str | None]:
+    """O6: ``auth_method`` and the credential it needs: a client secret, or (private_key_jwt) a private key."""
+    method = s.take_choice("auth_method", CLIENT_AUTH_METHODS, "client_secret_basic")
+    needed = {"private_key", "assertion_audience"} if method == "private_key_jwt" else {"client_secret"}
+    for key in _CLIENT_AUTH_KEYS:
+        for present in (key, f"{key}_file"):
+            if s.has(present) and key not in needed:
+                s.problems.error(s.key_path(present), f"not used with auth_method {method}")
+                s.used.add(present)
+    if method != "private_key_jwt":
+        return method, s.take_secret("client_secret", required=True), None, None
+    pem = s.take_secret("private_key", required=True)
+    key = None
+    if pem is not None:
+        try:
+            key = SigningKey.from_pem(pem.reveal().encode())
+        except ValueError as exc:
+            where = "private_key_file" if s.has("private_key_file") else "private_key"
+            s.problems.error(s.key_path(where), f"{exc} (RSA, EC P-256/384/521 or Ed25519, PEM)")
+    return method, None, key, s.take_str("assertion_audience")
 
 
 def _identity_assertion(s: _Section) -> IdentityAssertionConfig:
@@ -812,11 +849,14 @@ def _issuer(s: _Section) -> IssuerConfig:
 
 
 def _introspection(s: _Section) -> IntrospectionConfig:
+    method, secret, key, audience = _client_auth(s)
     return IntrospectionConfig(
         endpoint=s.take_url("endpoint"),
         client_id=s.take_str("client_id", "", required=True),
-        client_secret=s.take_secret("client_secret", required=True) or Secret(""),
-        auth_method=s.take_choice("auth_method", ("client_secret_basic", "client_secret_post"), "client_secret_basic"),
+        client_secret=secret,
+        auth_method=method,
+        private_key=key,
+        assertion_audience=audience,
         cache_ttl=s.take_duration("cache_ttl", 60.0),
         max_concurrent=s.take_int("max_concurrent", 16, minimum=1),
     )
