@@ -159,7 +159,7 @@ class McpEndpoint:
         request_id = request.get(REQUEST_ID) or token_hex(16)
         if self.tracing is None:  # O2 off: no span, no trace object, one test
             return await self._handle(request, _RequestState(request_id=request_id))
-        trace = self.tracing.begin(request.method, request.path, request.headers)
+        trace = self.tracing.begin(request.method, request.path, request.headers, request_id)
         state = _TracedRequestState(request_id=request_id, trace=trace)
         trace.enter(state.stage)
         status = 499  # the client went away (cancelled) unless an answer says otherwise

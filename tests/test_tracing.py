@@ -2,8 +2,7 @@
 
 The receiver is a small aiohttp server that decodes ``ExportTraceServiceRequest`` protobufs with
 ``opentelemetry-proto``, the way a collector does. Spans are read after the gateway process has been
-stopped: the batch processor exports every 5 s, so spans that arrive within the test's second or two were
-flushed by the shutdown.
+stopped, and were sent by the flush at shutdown (see ``traced``).
 """
 
 from __future__ import annotations
@@ -88,6 +87,28 @@ async def test_O2_tracing_off_the_upstream_sees_the_client_trace_context_reseria
     assert client.gateway.tracing is None and client.gateway.endpoint.tracing is None
 
 
+def test_O2_tracing_off_imports_no_opentelemetry(tmp_path):
+    """Off means off: building the whole gateway loads no OpenTelemetry module (P: nothing on the hot path)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "p.cedar").write_text("permit (principal, action, resource);\n")
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from gateway.app import Gateway\n"
+        "from gateway.config import parse_config\n"
+        "config = parse_config({'server': {'public_url': 'https://gw.example.com/mcp'}, 'upstream': {'url': 'http://127.0.0.1:1/mcp'},"
+        " 'auth': {'issuers': [{'issuer': 'https://idp.example.com'}]}, 'authorization': {'policies': 'p.cedar'}},"
+        f" base_dir=Path({str(tmp_path)!r}))\n"
+        "Gateway(config).create_app()\n"
+        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 # -- a real OTLP/HTTP receiver and a real serve process ------------------------------------------------------
 
 
@@ -146,8 +167,12 @@ async def otlp(aiohttp_server) -> tuple[OtlpReceiver, str]:
 
 
 @pytest.fixture
-async def traced(serve_gateway, otlp, aiohttp_server, policies_dir):
-    """A served gateway with tracing on in front of a recording upstream; ``stop()`` ends the process."""
+async def traced(serve_gateway, otlp, aiohttp_server, policies_dir, monkeypatch):
+    """A served gateway with tracing on in front of a recording upstream; ``stop()`` ends the process.
+
+    The batch processor's delay is set to 10 minutes (the SDK's own variable), so every span the receiver
+    gets was sent by the flush at shutdown."""
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")
     (policies_dir / "no-deletes.cedar").write_text(
         '@id("no-deletes")\nforbid (principal, action == Action::"tools/call", resource == Tool::"delete_records");\n')
     receiver, endpoint = otlp
@@ -157,6 +182,7 @@ async def traced(serve_gateway, otlp, aiohttp_server, policies_dir):
         "enabled": True, "endpoint": endpoint, "service_name": "gateway-under-test", "sample_ratio": 1.0})
 
     async def stop() -> None:
+        assert receiver.bodies == []  # nothing exported before the shutdown
         served.process.terminate()
         assert await served.process.wait() == 0, served.log_text()
 
@@ -177,6 +203,7 @@ async def test_O2_spans_continue_the_callers_trace_and_the_upstream_continues_th
                                                            meta={"traceparent": f"00-{META_TRACE_ID}-{META_PARENT_ID}-01"}),
                              headers={**bearer(token), "traceparent": TRACEPARENT, "tracestate": "vendor=opaque-value"}) as response:
             assert response.status == 200
+            request_id = response.headers["X-Request-Id"]
         # From _meta alone.
         async with http.post(f"{served.url}/mcp", json=call("echo", {}, meta={"traceparent": f"00-{META_TRACE_ID}-{META_PARENT_ID}-01"}),
                              headers=bearer(token)) as response:
@@ -186,7 +213,10 @@ async def test_O2_spans_continue_the_callers_trace_and_the_upstream_continues_th
             assert response.status == 200
         async with http.post(f"{served.url}/mcp", json=call("delete_records", {}), headers=bearer(token)) as response:
             denied_status = response.status
-    await stop()  # the spans below were flushed at shutdown (the batch delay is 5 s)
+        # R: a tool name as long as the client likes is cut in the span (which waits in a bounded queue).
+        async with http.post(f"{served.url}/mcp", json=call("t" * 5000, {}), headers=bearer(token)) as response:
+            assert response.status == 200
+    await stop()  # the spans below were flushed at shutdown
     spans = receiver.spans()
     assert receiver.content_types and set(receiver.content_types) == {"application/x-protobuf"}
     assert {span["resource"].get("service.name") for span in spans} == {"gateway-under-test"}
@@ -205,6 +235,7 @@ async def test_O2_spans_continue_the_callers_trace_and_the_upstream_continues_th
     assert attributes["mcp_gateway.decision"] == "allow" and attributes["http.response.status_code"] == 200
     assert attributes["mcp_gateway.reason"] and attributes["mcp_gateway.policies"]
     assert attributes["mcp_gateway.trace_parent_source"] == "header"
+    assert attributes["mcp_gateway.request_id"] == request_id
     assert [name for name, _ in server["events"]] == ["decision"]
 
     # The upstream's parent is the gateway's upstream span, in the header and in the _meta the client used.
@@ -224,12 +255,15 @@ async def test_O2_spans_continue_the_callers_trace_and_the_upstream_continues_th
 
     # 3. Malformed: a root span of a new trace; the upstream still gets the gateway's context.
     roots = [s for s in spans if s["name"] == "POST /mcp" and s["parent_id"] == "" and s["attributes"]["mcp_gateway.decision"] == "allow"]
-    assert len(roots) == 1
+    assert len(roots) == 2
+    [long_name] = [s for s in roots if s["attributes"]["gen_ai.tool.name"].startswith("ttt")]
+    assert long_name["attributes"]["gen_ai.tool.name"] == "t" * 256
+    roots.remove(long_name)
     third = upstream.received[2]
     assert third.headers["traceparent"].split("-")[1] == roots[0]["trace_id"]
 
     # 4. A denial: the deciding policy and reason on the span, no upstream span, nothing forwarded.
-    assert denied_status == 403 and len(upstream.received) == 3
+    assert denied_status == 403 and len(upstream.received) == 4
     denied = [s for s in spans if s["name"] == "POST /mcp" and s["attributes"].get("mcp_gateway.decision") == "deny"]
     assert len(denied) == 1
     assert denied[0]["attributes"]["gen_ai.tool.name"] == "delete_records"

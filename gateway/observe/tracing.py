@@ -16,8 +16,9 @@ parent, or at the end. Exported in batches over OTLP/HTTP (protobuf) by a backgr
 bounded (2,048 spans; more are dropped, R), and what is queued is flushed at shutdown.
 
 Attributes say what happened, never who or with what: the MCP method, the tool or prompt name (names are
-not secrets; resource URIs, arguments, tokens and claim values can be, and are never recorded), the
-decision, its reason code and the deciding policy ids, the HTTP status.
+not secrets; resource URIs, arguments, tokens and claim values can be, and are never recorded; a value
+is cut at 256 characters), the decision, its reason code and the deciding policy ids, the HTTP status,
+and the request id that the access log and the audit event carry.
 """
 
 from __future__ import annotations
@@ -135,6 +136,9 @@ def tracing_problem() -> str | None:
     return None
 
 
+MAX_ATTRIBUTE_LENGTH = 256  # characters of one attribute value (a tool name) kept in a span
+MAX_EVENTS = 64  # decision events of one request (a batch has at most server.max_batch messages)
+
 # Stages with a child span of their own; the others (credentials, limits, session) only end the one before.
 STAGE_SPANS = frozenset({"token", "message", "scopes", "policy", "upstream"})
 # Attributes of the server span, and the names the decision events use.
@@ -144,6 +148,7 @@ PROMPT_NAME = "gen_ai.prompt.name"
 DECISION = "mcp_gateway.decision"
 REASON = "mcp_gateway.reason"
 POLICIES = "mcp_gateway.policies"
+REQUEST_ID = "mcp_gateway.request_id"
 NAMED_TARGETS = {"tools/call": TOOL_NAME, "prompts/get": PROMPT_NAME}
 
 
@@ -154,7 +159,7 @@ class Tracing:
         from opentelemetry import trace
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace import SpanLimits, TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -167,13 +172,17 @@ class Tracing:
             sampler=ParentBased(TraceIdRatioBased(config.sample_ratio)),
             resource=Resource.create({"service.name": config.service_name}),
             shutdown_on_exit=False,
+            # R: a tool name is as long as the client makes it, and a span waits in a queue of 2,048.
+            span_limits=SpanLimits(max_attribute_length=MAX_ATTRIBUTE_LENGTH, max_events=MAX_EVENTS),
         )
         self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=config.endpoint, timeout=10)))
         self.tracer = self.provider.get_tracer("mcp-auth-gateway")
         log.info("tracing on: OTLP/HTTP to %s, sample ratio %g", config.endpoint, config.sample_ratio)
 
-    def begin(self, method: str, path: str, headers: Any) -> RequestTrace:
-        return RequestTrace(self, f"{method} {path}", method, headers)
+    def begin(self, method: str, path: str, headers: Any, request_id: str) -> RequestTrace:
+        trace = RequestTrace(self, f"{method} {path}", method, headers)
+        trace.attributes[REQUEST_ID] = request_id  # the access log's and the audit event's id
+        return trace
 
     def remote_parent(self, parent: TraceParent | None, state: str | None) -> Any:
         """An OpenTelemetry context whose span is the caller's (or an empty one: a new trace)."""
