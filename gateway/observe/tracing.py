@@ -282,6 +282,11 @@ class RequestTrace:
 
         trace = self.tracing._trace
         server = self._server_span()
+        if not server.is_recording():  # not sampled: its children would not be either, so make none
+            if self.upstream is not None:
+                self.upstream.end()
+            server.end()
+            return
         parent = trace.set_span_in_context(server)
         ended = _now_ns()
         bounds = [*(start for _, start in self.stages[1:]), ended]
