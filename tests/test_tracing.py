@@ -216,6 +216,10 @@ async def test_O2_spans_continue_the_callers_trace_and_the_upstream_continues_th
         # R: a tool name as long as the client likes is cut in the span (which waits in a bounded queue).
         async with http.post(f"{served.url}/mcp", json=call("t" * 5000, {}), headers=bearer(token)) as response:
             assert response.status == 200
+        # The caller did not sample: neither does the gateway, and the upstream is told so.
+        unsampled = "1" * 32
+        async with http.post(f"{served.url}/mcp", json=call("echo", {}), headers={**bearer(token), "traceparent": f"00-{unsampled}-{PARENT_ID}-00"}) as response:
+            assert response.status == 200
     await stop()  # the spans below were flushed at shutdown
     spans = receiver.spans()
     assert receiver.content_types and set(receiver.content_types) == {"application/x-protobuf"}
@@ -271,6 +275,10 @@ async def test_O2_spans_continue_the_callers_trace_and_the_upstream_continues_th
     assert any("no-deletes" in policy for policy in denied[0]["attributes"]["mcp_gateway.policies"])
     denied_children = {s["name"] for s in spans if s["parent_id"] == denied[0]["span_id"]}
     assert "policy" in denied_children and "upstream" not in denied_children
+
+    assert not [s for s in spans if s["trace_id"] == unsampled]
+    last = upstream.received[-1].headers["traceparent"]
+    assert last.startswith(f"00-{unsampled}-") and last.endswith("-00") and PARENT_ID not in last
 
     # Never a token, claim value or argument in anything exported.
     exported = b"".join(receiver.bodies)
