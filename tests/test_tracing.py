@@ -267,7 +267,7 @@ async def test_O2_spans_continue_the_callers_trace_and_the_upstream_continues_th
     assert third.headers["traceparent"].split("-")[1] == roots[0]["trace_id"]
 
     # 4. A denial: the deciding policy and reason on the span, no upstream span, nothing forwarded.
-    assert denied_status == 403 and len(upstream.received) == 4
+    assert denied_status == 403 and len(upstream.received) == 5  # the denied call never went
     denied = [s for s in spans if s["name"] == "POST /mcp" and s["attributes"].get("mcp_gateway.decision") == "deny"]
     assert len(denied) == 1
     assert denied[0]["attributes"]["gen_ai.tool.name"] == "delete_records"
