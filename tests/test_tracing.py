@@ -299,3 +299,44 @@ async def test_O2_refused_before_the_message_is_one_span_with_the_reason(traced)
     assert server["attributes"]["mcp_gateway.decision"] == "deny" and server["attributes"]["mcp_gateway.reason"]
     assert set(trace) == {"POST /mcp", "token"} and upstream.received == []
     assert b"not-a-token" not in b"".join(receiver.bodies)
+
+
+# -- configuration -------------------------------------------------------------------------------------------
+
+
+def tracing_config(tmp_path, tracing: dict):
+    from gateway.config import parse_config
+
+    (tmp_path / "p.cedar").write_text("permit (principal, action, resource);\n")
+    return parse_config({"server": {"public_url": "https://gw.example.com/mcp"}, "upstream": {"url": "http://127.0.0.1:1/mcp"},
+                         "auth": {"issuers": [{"issuer": "https://idp.example.com"}]}, "authorization": {"policies": "p.cedar"},
+                         "tracing": tracing}, source="gateway.yaml", base_dir=tmp_path)
+
+
+def test_O2_tracing_keys_and_defaults(tmp_path):
+    default = tracing_config(tmp_path, {}).tracing
+    assert (default.enabled, default.endpoint, default.service_name, default.sample_ratio) == (
+        False, "http://localhost:4318/v1/traces", "mcp-auth-gateway", 1.0)
+    on = tracing_config(tmp_path, {"enabled": True, "endpoint": "http://otel:4318/v1/traces", "sample_ratio": 0.25}).tracing
+    assert on.enabled and on.endpoint == "http://otel:4318/v1/traces" and on.sample_ratio == 0.25
+
+
+def test_O2_bad_tracing_configuration_names_the_key(tmp_path, monkeypatch):
+    from gateway.config import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        tracing_config(tmp_path, {"enabled": True, "endpoint": "otel:4318", "sample_ratio": 1.5, "sampel_ratio": 1})
+    problems = "\n".join(caught.value.problems)
+    assert "gateway.yaml: tracing.endpoint: must be an absolute http(s) URL" in problems
+    assert "gateway.yaml: tracing.sample_ratio: must be between 0 and 1" in problems
+    assert "gateway.yaml: tracing.sampel_ratio: unknown key (did you mean 'sample_ratio'?)" in problems
+    # The packages are dependencies of the gateway; were they left out, validate says so rather than serve fail.
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name.startswith("opentelemetry") else real(name, *a))
+    with pytest.raises(ConfigError) as caught:
+        tracing_config(tmp_path, {"enabled": True})
+    assert caught.value.problems == ["gateway.yaml: tracing.enabled: needs the Python package opentelemetry-sdk "
+                                     "(a dependency of mcp-auth-gateway: was it left out?)"]
+    assert tracing_config(tmp_path, {"enabled": False}).tracing.enabled is False  # off: no check at all
