@@ -136,6 +136,10 @@ def tracing_problem() -> str | None:
     return None
 
 
+# One export's time limit (retries included), and how long shutdown waits for the queue: an unreachable
+# collector holds the pod's exit about 5 s, after the requests and the audit log are done.
+EXPORT_TIMEOUT = 5.0
+FLUSH_TIMEOUT_MS = 3000
 MAX_ATTRIBUTE_LENGTH = 256  # characters of one attribute value (a tool name) kept in a span
 MAX_EVENTS = 64  # decision events of one request (a batch has at most server.max_batch messages)
 
@@ -175,7 +179,7 @@ class Tracing:
             # R: a tool name is as long as the client makes it, and a span waits in a queue of 2,048.
             span_limits=SpanLimits(max_attribute_length=MAX_ATTRIBUTE_LENGTH, max_events=MAX_EVENTS),
         )
-        self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=config.endpoint, timeout=10)))
+        self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=config.endpoint, timeout=EXPORT_TIMEOUT)))
         self.tracer = self.provider.get_tracer("mcp-auth-gateway")
         log.info("tracing on: OTLP/HTTP to %s, sample ratio %g", config.endpoint, config.sample_ratio)
 
@@ -200,7 +204,7 @@ class Tracing:
 
     def shutdown(self) -> None:
         """Flushes what is queued (E3: the last requests' spans are not lost), then stops the exporter."""
-        self.provider.force_flush(timeout_millis=5000)
+        self.provider.force_flush(timeout_millis=FLUSH_TIMEOUT_MS)
         self.provider.shutdown()
 
 
