@@ -10,7 +10,7 @@ scopes, policy, upstream). Its parent is the caller's span, from the ``tracepare
 is none (or it is malformed), from ``params._meta.traceparent`` (SEP-414; the header wins: a proxy in
 front rewrites headers, never bodies). A malformed value means a new trace, never an error. The parent is
 only known once the body is parsed, which comes after the token stage, so a ``RequestTrace`` notes when
-each stage began (one ``perf_counter_ns`` each) and makes the spans with those times once the parent is
+each stage began (one ``time_ns`` each) and makes the spans with those times once the parent is
 known: at the upstream stage, whose CLIENT span is what the upstream's ``traceparent`` names as its
 parent, or at the end. Exported in batches over OTLP/HTTP (protobuf) by a background thread; the queue is
 bounded (2,048 spans; more are dropped, R), and what is queued is flushed at shutdown.
