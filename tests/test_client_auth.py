@@ -41,6 +41,12 @@ def test_O6_published_jwk_has_kid_alg_use_and_no_private_member(alg):
     assert jwt.decode(token, jwt.PyJWK(jwk).key, algorithms=[alg])["sub"] == "x"
 
 
+def test_O6_short_rsa_keys_and_other_curves_are_refused():
+    for weak in (rsa.generate_private_key(public_exponent=65537, key_size=1024), ec.generate_private_key(ec.SECP256K1())):
+        with pytest.raises(ValueError):
+            SigningKey.from_pem(pem(weak))
+
+
 def test_O6_jwks_lists_a_key_used_twice_once():
     key = SigningKey.from_pem(pem(KEYS["ES256"]()))
     assert jwks_document([key, key]).count(key.kid.encode()) == 1

@@ -21,12 +21,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
+MIN_RSA_BITS = 2048
 # RFC 7517 §4: what a public JWK may carry here; anything else (a private member above all) is left out.
 PUBLIC_MEMBERS = {"RSA": ("kty", "n", "e"), "EC": ("kty", "crv", "x", "y"), "OKP": ("kty", "crv", "x")}
 
 
 def algorithm_for(key: Any) -> str:
     if isinstance(key, rsa.RSAPrivateKey):
+        if key.key_size < MIN_RSA_BITS:  # NIST SP 800-131A: shorter RSA keys are not for signing any more
+            raise ValueError(f"an RSA key needs at least {MIN_RSA_BITS} bits, this one has {key.key_size}")
         return "RS256"
     if isinstance(key, ec.EllipticCurvePrivateKey):
         curves = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
