@@ -763,6 +763,11 @@ def _identity_assertion(s: _Section) -> IdentityAssertionConfig:
     key_file = s.take_path("key_file", required=True)
     if key_file is not None and not _is_file(key_file):
         s.problems.error(s.key_path("key_file"), f"cannot read {key_file}")
+    elif key_file is not None:
+        try:  # checked now, so validate says what serve would fail on (O6: it is also published)
+            SigningKey.from_pem(key_file.read_bytes())
+        except (OSError, ValueError) as exc:
+            s.problems.error(s.key_path("key_file"), f"{key_file}: {exc}")
     return IdentityAssertionConfig(
         key_file=key_file or Path("/nonexistent"),
         header=s.take_str("header", "X-MCP-Identity"),

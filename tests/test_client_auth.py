@@ -139,3 +139,15 @@ def test_O6_private_key_jwt_configuration_problems_name_the_key(tmp_path):
     assert "gateway.yaml: auth.introspection.assertion_audience: not used with auth_method client_secret_basic" in found
     found = problems(tmp_path, upstream_auth={"type": "static", "value": "x", "auth_method": "private_key_jwt"})
     assert "gateway.yaml: upstream.auth.auth_method: not used with type static" in found
+
+
+def test_O6_identity_assertion_key_is_checked_by_the_loader(tmp_path):
+    (tmp_path / "weak.pem").write_bytes(pem(rsa.generate_private_key(public_exponent=65537, key_size=1024)))
+    (tmp_path / "p.cedar").write_text("permit (principal, action, resource);\n")
+    data = {"server": {"public_url": "https://gw.example.com/mcp"},
+            "upstream": {"url": "http://127.0.0.1:3000/mcp", "identity_assertion": {"key_file": "weak.pem"}},
+            "auth": {"issuers": [{"issuer": "https://idp.example.com"}]}, "authorization": {"policies": "p.cedar"}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, source="gateway.yaml", base_dir=tmp_path)
+    assert caught.value.problems == [f"gateway.yaml: upstream.identity_assertion.key_file: {tmp_path / 'weak.pem'}: "
+                                     "an RSA key needs at least 2048 bits, this one has 1024"]
