@@ -23,6 +23,7 @@ from gateway.auth.introspection import Introspector
 from gateway.auth.jwks import JwksCache
 from gateway.auth.mtls import ClientCertificates, parse_networks
 from gateway.auth.replay import MemoryReplayWindow, RedisReplayWindow
+from gateway.auth.keys import SigningKey, jwks_document
 from gateway.auth.scopes import ScopeRequirements
 from gateway.auth.sender import SenderConstraints
 from gateway.authz.cedar import Authorizer, PolicyStore
@@ -40,6 +41,7 @@ from gateway.mcp.sessions import SessionBindings, load_session_key
 from gateway.observe.audit import AuditLog
 from gateway.observe.logs import log_access
 from gateway.observe.metrics import Metrics, StateCollector, metrics_handler
+from gateway.observe.tracing import Tracing
 from gateway.upstream.credentials import build_credential
 from gateway.upstream.identity import IdentityAssertion, IdentityHeaders
 from gateway.upstream.proxy import UpstreamProxy
@@ -111,6 +113,16 @@ async def add_request_id_header(request: web.Request, response: web.StreamRespon
         response.headers["X-Request-Id"] = request[REQUEST_ID]
 
 
+def add_jwks_route(app: web.Application, document: bytes) -> None:
+    """O6: ``/.well-known/jwks.json``, the public keys an upstream verifies identity assertions with and an
+    authorization server verifies the gateway's ``private_key_jwt`` assertions with. Public, no token."""
+
+    async def serve_jwks(request: web.Request) -> web.Response:
+        return web.Response(body=document, content_type="application/json", headers={"Cache-Control": "public, max-age=300"})
+
+    app.router.add_get("/.well-known/jwks.json", serve_jwks, allow_head=True)
+
+
 class Gateway:
     """The parts that live as long as the process, built once from the configuration."""
 
@@ -142,7 +154,12 @@ class Gateway:
         if config.upstream.identity_assertion is not None:
             identity.append(IdentityAssertion(config.upstream.identity_assertion,
                                               issuer=config.server.public_url, audience=config.upstream.url))
+        # O6: the public halves of the gateway's own keys, for the upstream and the authorization server.
+        self.public_keys: list[SigningKey] = [i.signing_key for i in identity if isinstance(i, IdentityAssertion)]
+        self.public_keys += [k for k in (config.upstream.auth.private_key,
+                                         config.auth.introspection.private_key if config.auth.introspection else None) if k]
         self.limiter = PrincipalLimiter(config.limits.per_principal)
+        self.tracing = Tracing(config.tracing) if config.tracing.enabled else None  # O2
         self.endpoint = McpEndpoint(
             config,
             proxy=self.proxy,
@@ -158,6 +175,7 @@ class Gateway:
             identity=identity,
             metrics=self.metrics,
             limiter=self.limiter,
+            tracing=self.tracing,
         )
         self.metrics.collect_state(StateCollector(jwks=self.jwks, introspector=self.introspector, policies=self.policies))
         self._background: list[asyncio.Task[None]] = []
@@ -199,6 +217,8 @@ class Gateway:
         app.router.add_get("/readyz", readyz_handler(self.readiness), allow_head=True)
         app.router.add_get("/metrics", metrics_handler(self.metrics))
         add_metadata_routes(app, self.config)
+        if self.public_keys:
+            add_jwks_route(app, jwks_document(self.public_keys))  # O6
         app.router.add_route("*", self.config.server.mcp_path, self.endpoint.handle)
         app.on_response_prepare.append(name_the_server)
         app.on_response_prepare.append(add_request_id_header)
@@ -241,6 +261,8 @@ class Gateway:
                 await self.introspector.close()
         finally:
             self.audit.close()  # E3, E4: the buffered audit events are written, whatever else failed here
+            if self.tracing is not None:
+                await asyncio.to_thread(self.tracing.shutdown)  # O2: queued spans are exported, not lost
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:

@@ -22,6 +22,10 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from gateway.auth.client_auth import CLIENT_AUTH_METHODS, ClientAuthMethod
+from gateway.auth.keys import SigningKey
+from gateway.observe.tracing import tracing_problem
+
 __all__ = [
     "AuditConfig",
     "AuthConfig",
@@ -40,6 +44,7 @@ __all__ = [
     "ServerConfig",
     "StepUpRule",
     "StateConfig",
+    "TracingConfig",
     "UpstreamAuthConfig",
     "UpstreamConfig",
     "load_config",
@@ -130,6 +135,9 @@ class UpstreamAuthConfig:
     scope: str | None = None
     audience: str | None = None
     resource: str | None = None
+    auth_method: ClientAuthMethod = "client_secret_basic"  # O6: how the gateway authenticates to token_endpoint
+    private_key: SigningKey | None = None  # O6: private_key_jwt (RFC 7523)
+    assertion_audience: str | None = None  # O6: the client assertion's aud; default the endpoint's URL
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -173,15 +181,17 @@ class IssuerConfig:
     leeway: float = 60.0
 
 
-IntrospectionAuthMethod = Literal["client_secret_basic", "client_secret_post"]
+IntrospectionAuthMethod = ClientAuthMethod
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class IntrospectionConfig:
     client_id: str
-    client_secret: Secret
+    client_secret: Secret | None = None  # every auth_method but private_key_jwt
     endpoint: str | None = None
     auth_method: IntrospectionAuthMethod = "client_secret_basic"
+    private_key: SigningKey | None = None  # O6: private_key_jwt (RFC 7523)
+    assertion_audience: str | None = None  # O6: the client assertion's aud; default the endpoint's URL
     cache_ttl: float = 60.0
     max_concurrent: int = 16  # R6: introspection calls in flight; more get 503 with Retry-After
 
@@ -286,6 +296,14 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TracingConfig:
+    enabled: bool = False  # O2: OpenTelemetry spans over OTLP/HTTP (gateway.observe.tracing)
+    endpoint: str = "http://localhost:4318/v1/traces"  # the OTLP/HTTP traces URL (the OTLP default)
+    service_name: str = "mcp-auth-gateway"
+    sample_ratio: float = 1.0  # for traces that start here; a caller's sampled flag is followed
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     server: ServerConfig
     upstream: UpstreamConfig
@@ -296,6 +314,7 @@ class Config:
     state: StateConfig = field(default_factory=StateConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
     source: str = "<config>"
     warnings: tuple[str, ...] = ()
 
@@ -719,15 +738,19 @@ def _positive(s: _Section, key: str, default: float) -> float:
 _UPSTREAM_AUTH_KEYS = {
     "none": set(),
     "static": {"header", "value"},
-    "client_credentials": {"token_endpoint", "client_id", "client_secret", "scope", "audience", "resource"},
-    "token_exchange": {"token_endpoint", "client_id", "client_secret", "scope", "audience", "resource"},
+    "client_credentials": {"token_endpoint", "client_id", "client_secret", "scope", "audience", "resource",
+                           "auth_method", "private_key", "assertion_audience"},
+    "token_exchange": {"token_endpoint", "client_id", "client_secret", "scope", "audience", "resource",
+                       "auth_method", "private_key", "assertion_audience"},
 }
+_CLIENT_AUTH_KEYS = ("client_secret", "private_key", "assertion_audience")
 
 
 def _upstream_auth(s: _Section) -> UpstreamAuthConfig:
     kind = s.take_choice("type", tuple(_UPSTREAM_AUTH_KEYS), "none")
     allowed = _UPSTREAM_AUTH_KEYS[kind]
-    for key in ("header", "value", "token_endpoint", "client_id", "client_secret", "scope", "audience", "resource"):
+    for key in ("header", "value", "token_endpoint", "client_id", "client_secret", "scope", "audience", "resource",
+                "auth_method", "private_key", "assertion_audience"):
         for present in (key, f"{key}_file"):
             if s.has(present) and key not in allowed:
                 s.problems.error(s.key_path(present), f"not used with type {kind}")
@@ -742,11 +765,15 @@ def _upstream_auth(s: _Section) -> UpstreamAuthConfig:
             s.problems.error(s.key_path("value_file"), f"cannot read {value_file}")
         return UpstreamAuthConfig(type=kind, header=s.take_str("header", "Authorization"), value=value, value_file=value_file)
     if kind in ("client_credentials", "token_exchange"):
+        method, secret, key, audience = _client_auth(s)
         return UpstreamAuthConfig(
             type=kind,
             token_endpoint=s.take_url("token_endpoint", required=True),
             client_id=s.take_str("client_id", required=True),
-            client_secret=s.take_secret("client_secret", required=True),
+            client_secret=secret,
+            auth_method=method,
+            private_key=key,
+            assertion_audience=audience,
             scope=s.take_str("scope"),
             audience=s.take_str("audience"),
             resource=s.take_str("resource"),
@@ -754,10 +781,37 @@ def _upstream_auth(s: _Section) -> UpstreamAuthConfig:
     return UpstreamAuthConfig(type="none")
 
 
+def _client_auth(s: _Section) -> tuple[ClientAuthMethod, Secret | None, SigningKey | None, str | None]:
+    """O6: ``auth_method`` and the credential it needs: a client secret, or (private_key_jwt) a private key."""
+    method = s.take_choice("auth_method", CLIENT_AUTH_METHODS, "client_secret_basic")
+    needed = {"private_key", "assertion_audience"} if method == "private_key_jwt" else {"client_secret"}
+    for key in _CLIENT_AUTH_KEYS:
+        for present in (key, f"{key}_file"):
+            if s.has(present) and key not in needed:
+                s.problems.error(s.key_path(present), f"not used with auth_method {method}")
+                s.used.add(present)
+    if method != "private_key_jwt":
+        return method, s.take_secret("client_secret", required=True), None, None
+    pem = s.take_secret("private_key", required=True)
+    key = None
+    if pem is not None:
+        try:
+            key = SigningKey.from_pem(pem.reveal().encode())
+        except ValueError as exc:
+            where = "private_key_file" if s.has("private_key_file") else "private_key"
+            s.problems.error(s.key_path(where), f"{exc} (RSA, EC P-256/384/521 or Ed25519, PEM)")
+    return method, None, key, s.take_str("assertion_audience")
+
+
 def _identity_assertion(s: _Section) -> IdentityAssertionConfig:
     key_file = s.take_path("key_file", required=True)
     if key_file is not None and not _is_file(key_file):
         s.problems.error(s.key_path("key_file"), f"cannot read {key_file}")
+    elif key_file is not None:
+        try:  # checked now, so validate says what serve would fail on (O6: it is also published)
+            SigningKey.from_pem(key_file.read_bytes())
+        except (OSError, ValueError) as exc:
+            s.problems.error(s.key_path("key_file"), f"{key_file}: {exc}")
     return IdentityAssertionConfig(
         key_file=key_file or Path("/nonexistent"),
         header=s.take_str("header", "X-MCP-Identity"),
@@ -844,11 +898,14 @@ def _issuer(s: _Section) -> IssuerConfig:
 
 
 def _introspection(s: _Section) -> IntrospectionConfig:
+    method, secret, key, audience = _client_auth(s)
     return IntrospectionConfig(
         endpoint=s.take_url("endpoint"),
         client_id=s.take_str("client_id", "", required=True),
-        client_secret=s.take_secret("client_secret", required=True) or Secret(""),
-        auth_method=s.take_choice("auth_method", ("client_secret_basic", "client_secret_post"), "client_secret_basic"),
+        client_secret=secret,
+        auth_method=method,
+        private_key=key,
+        assertion_audience=audience,
         cache_ttl=s.take_duration("cache_ttl", 60.0),
         max_concurrent=s.take_int("max_concurrent", 16, minimum=1),
     )
@@ -1018,6 +1075,23 @@ def _audit(s: _Section) -> AuditConfig:
     return AuditConfig(enabled=s.take_bool("enabled", True), file=s.take_path("file"))
 
 
+def _tracing(s: _Section) -> TracingConfig:
+    config = TracingConfig(
+        enabled=s.take_bool("enabled", False),
+        endpoint=s.take_url("endpoint", "http://localhost:4318/v1/traces"),
+        service_name=s.take_str("service_name", "mcp-auth-gateway"),
+        sample_ratio=s.take_float("sample_ratio", 1.0, minimum=0.0),
+    )
+    if config.sample_ratio > 1.0:
+        s.problems.error(s.key_path("sample_ratio"), "must be between 0 and 1")
+    if not config.service_name.strip():
+        s.problems.error(s.key_path("service_name"), "must not be empty")
+    problem = tracing_problem() if config.enabled else None
+    if problem:
+        s.problems.error(s.key_path("enabled"), problem)
+    return config
+
+
 def parse_config(data: Any, *, source: str = "<config>", base_dir: Path | None = None) -> Config:
     """Build the configuration from parsed YAML. Raises ``ConfigError`` listing every problem."""
     problems = _Problems(source)
@@ -1035,6 +1109,7 @@ def parse_config(data: Any, *, source: str = "<config>", base_dir: Path | None =
         state=_closed(top.section("state"), _state),
         logging=_closed(top.section("logging"), _logging),
         audit=_closed(top.section("audit"), _audit),
+        tracing=_closed(top.section("tracing"), _tracing),
         source=source,
         warnings=tuple(problems.warnings),
     )

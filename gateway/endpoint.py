@@ -43,6 +43,7 @@ from gateway.mcp.listing import LIST_METHODS, ListFilter
 from gateway.mcp.sessions import SessionBindings
 from gateway.observe.audit import AuditLog
 from gateway.observe.metrics import Metrics
+from gateway.observe.tracing import RequestTrace, Tracing, forwarded_trace_context
 from gateway.upstream.credentials import UpstreamCredential
 from gateway.upstream.identity import IdentityAssertion, IdentityHeaders
 from gateway.upstream.headers import check_client_headers, never_forwarded, upstream_request_headers
@@ -92,6 +93,21 @@ class _RequestState:
     scheme: str | None = None  # S1: "bearer" or "dpop", once the credentials are read
     slot: Slot | None = None  # R3: this request's place in its principal's share, released when it ends
     upstream_session: str | None = None  # P4: the upstream's own session id, unwrapped from the client's
+    trace: RequestTrace | None = None  # O2: only with tracing on
+
+
+class _TracedRequestState(_RequestState):
+    """O2, tracing on: every stage change also notes the stage's start for its span (gateway.observe.tracing)."""
+
+    @property  # type: ignore[override]
+    def stage(self) -> str:
+        return self._stage
+
+    @stage.setter
+    def stage(self, value: str) -> None:
+        self._stage = value
+        if self.trace is not None:
+            self.trace.enter(value)
 
 
 def log_refusal(request: web.Request, error: GatewayError, principal: Principal | None = None) -> None:
@@ -124,6 +140,7 @@ class McpEndpoint:
         identity: list[IdentityHeaders | IdentityAssertion],
         metrics: Metrics,
         limiter: PrincipalLimiter,
+        tracing: Tracing | None = None,
     ):
         self.config = config
         self.proxy = proxy
@@ -139,6 +156,7 @@ class McpEndpoint:
         self.metrics = metrics
         self.limiter = limiter
         self.step_up = StepUpRules(config.auth.step_up, leeways={i.issuer: i.leeway for i in config.auth.issuers})  # A6
+        self.tracing = tracing
         # U1, I5: what the client sent is never forwarded when the gateway sets it itself (identity headers,
         # the request id) or the configuration says so (upstream.strip_headers).
         self._never_forwarded = never_forwarded((
@@ -146,7 +164,24 @@ class McpEndpoint:
             *config.upstream.strip_headers, "X-Request-Id", config.upstream.auth.header))
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        state = _RequestState(request_id=request.get(REQUEST_ID) or token_hex(16))
+        request_id = request.get(REQUEST_ID) or token_hex(16)
+        if self.tracing is None:  # O2 off: no span, no trace object, one test
+            return await self._handle(request, _RequestState(request_id=request_id))
+        trace = self.tracing.begin(request.method, request.path, request.headers, request_id)
+        state = _TracedRequestState(request_id=request_id, trace=trace)
+        trace.enter(state.stage)
+        status = 499  # the client went away (cancelled) unless an answer says otherwise
+        try:
+            response = await self._handle(request, state)
+            status = response.status
+            return response
+        except Exception:
+            status = 500
+            raise
+        finally:
+            trace.finish(status)
+
+    async def _handle(self, request: web.Request, state: _RequestState) -> web.StreamResponse:
         try:
             check_client_headers(request.headers)  # I4
             state.origin = self.origins.check(request.headers.get("Origin"))  # E1
@@ -170,6 +205,8 @@ class McpEndpoint:
                 body = await read_body(request, self.config.server.max_body_bytes, self.config.server.body_timeout)
                 state.batch = parse_body(body, request.headers.get("Content-Type", ""), max_batch=self.config.server.max_batch)
                 check_routing_headers(state.batch, request.headers.get("Mcp-Method"), request.headers.get("Mcp-Name"))
+                if state.trace is not None:
+                    state.trace.message_parsed(state.batch.messages)  # O2: SEP-414 parent, method attributes
                 for message in state.batch.messages:  # I2, M2: what the tool's learned inputSchema says
                     if message.method == "tools/call" and message.name is not None:
                         self.authorizer.catalogue.check_call(message.name, message.params.get("arguments") or {}, request.headers)
@@ -226,6 +263,9 @@ class McpEndpoint:
 
     def _audit(self, state: _RequestState, message: Message | None, outcome: str, reason: str, **extra: Any) -> None:
         principal = state.principal
+        if state.trace is not None:  # O2: the same decision on the span, without who made the call
+            state.trace.decided(message.method if message else None, message.name if message else None,
+                                outcome, reason, extra.get("policies"))
         self.audit.record(
             request_id=state.request_id,
             issuer=principal.issuer if principal else None,
@@ -287,6 +327,13 @@ class McpEndpoint:
             for source in self.identity:  # U3
                 added.update(source.headers(principal))
         added.update(await self.credential.headers(state.token, state.token_hash))  # U2
+        if state.trace is None:  # O2: the client's trace context, parsed and re-serialized, or none
+            added.update(forwarded_trace_context(request.headers))
+        else:  # O2: the upstream continues the gateway's span, in the header and in _meta where the client used it
+            context = state.trace.upstream_context()
+            added.update(context)
+            if body is not None and state.batch is not None and state.batch.carries_trace_meta:
+                body = state.batch.with_trace_meta(context)
         headers = upstream_request_headers(
             request.headers,
             dropped=self._never_forwarded,

@@ -1,7 +1,7 @@
 """T9: RFC 7662 token introspection, the fallback for tokens that are not JWTs (and only for those).
 
 One ``Introspector`` per process. It authenticates to the endpoint as a client (``client_secret_basic``
-by default), checks ``active``, ``iss``, ``aud``, ``exp``, ``nbf`` and ``iat`` like T3-T5 (and I6: times
+by default, or ``client_secret_post`` or ``private_key_jwt``: ``gateway.auth.client_auth``), checks ``active``, ``iss``, ``aud``, ``exp``, ``nbf`` and ``iat`` like T3-T5 (and I6: times
 must be finite numbers within ±2^53, values with whitespace never match), caches answers under a hash of
 the token (positive ones no longer than the token lives, negative ones briefly), and lets concurrent
 requests carrying the same new token share one call. An endpoint that cannot be reached gives 503 with
@@ -17,18 +17,17 @@ cancels it for the others waiting on it nor frees its place before the endpoint 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 from cachetools import TLRUCache
 
+from gateway.auth.client_auth import ClientAuthentication
 from gateway.auth.jwks import FetchError, read_capped
 from gateway.auth.jwt import IssuerRules, time_claim
 from gateway.auth.principal import Principal, principal_from_claims
@@ -63,6 +62,10 @@ class Introspector:
         self.clock = clock
         self._resolve_endpoint = resolve_endpoint
         self._endpoint: str | None = config.endpoint
+        self._client = ClientAuthentication(
+            client_id=config.client_id, method=config.auth_method,
+            secret=config.client_secret.reveal() if config.client_secret else None,
+            key=config.private_key, audience=config.assertion_audience, clock=clock)
         # value: Principal, or the Unauthenticated error to repeat (negative cache)
         self._cache: TLRUCache[bytes, Principal | Unauthenticated] = TLRUCache(
             maxsize=max_entries, ttu=self._expiry, timer=clock
@@ -131,14 +134,8 @@ class Introspector:
             raise VerifierUnavailable("introspection_unavailable", "Introspector.start() was not awaited")
         endpoint = await self._endpoint_url()
         form = {"token": token, "token_type_hint": "access_token"}
-        secret = self.config.client_secret.reveal()
         headers = {"Accept": "application/json"}
-        if self.config.auth_method == "client_secret_basic":
-            # RFC 6749 §2.3.1: client id and secret are form-urlencoded before Basic encoding.
-            pair = f"{quote(self.config.client_id, safe='')}:{quote(secret, safe='')}"
-            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
-        else:
-            form.update(client_id=self.config.client_id, client_secret=secret)
+        self._client.apply(endpoint, form, headers)  # O6
         self.calls += 1
         try:
             async with self._session.post(endpoint, data=form, headers=headers) as response:

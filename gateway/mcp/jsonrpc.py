@@ -143,6 +143,31 @@ class Batch:
     def has_requests(self) -> bool:
         return any(message.kind == "request" for message in self.messages)
 
+    @property
+    def carries_trace_meta(self) -> bool:
+        """SEP-414: some message carries ``params._meta.traceparent`` (O2)."""
+        return any(_trace_meta(message.params) is not None for message in self.messages)
+
+    def with_trace_meta(self, context: Mapping[str, str]) -> bytes:
+        """``canonical`` with the gateway's own trace context (``traceparent``, ``tracestate`` if any) in
+        place of the client's, in every message whose ``params._meta`` had a ``traceparent`` (O2: the
+        upstream's parent is the gateway's span). Re-read from ``canonical``, the gateway's own
+        serialization, so every other byte stays what was decided (I1); nothing decides on ``_meta``."""
+        documents = json.loads(self.canonical)
+        for document in documents if self.is_array else [documents]:
+            meta = _trace_meta(document.get("params") or _EMPTY)
+            if meta is not None:
+                for key in [k for k in meta if fold_key(k) in ("traceparent", "tracestate")]:
+                    del meta[key]
+                meta.update(context)
+        return serialize(documents)
+
+
+def _trace_meta(params: Mapping[str, Any]) -> Any:
+    """``params._meta`` when it holds a ``traceparent`` (spelled so; another spelling is not SEP-414's)."""
+    meta = params.get("_meta") if isinstance(params, Mapping) else None
+    return meta if isinstance(meta, dict) and "traceparent" in meta else None
+
 
 _SEPARATORS = str.maketrans("", "", "_-")
 

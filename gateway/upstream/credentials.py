@@ -6,14 +6,15 @@
     token_exchange      RFC 8693: the client's token exchanged at the authorization server for one meant
                         for the upstream; cached per client token (by hash) until it expires
 
-The client's token goes to the authorization server in a token exchange and nowhere else. Any failure to
+The gateway authenticates to the token endpoint with ``upstream.auth.auth_method`` (a client secret, or
+``private_key_jwt``: ``gateway.auth.client_auth``, O6). The client's token goes to the authorization
+server in a token exchange and nowhere else. Any failure to
 obtain a credential is the gateway's problem, not the client's: ``UpstreamError`` (502), never a 401.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import os
@@ -21,11 +22,11 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import quote
 
 import aiohttp
 from cachetools import TLRUCache
 
+from gateway.auth.client_auth import ClientAuthentication
 from gateway.auth.jwks import FetchError, read_capped
 from gateway.config import UpstreamAuthConfig
 from gateway.errors import UpstreamError
@@ -87,14 +88,15 @@ class StaticCredential:
 
 
 class TokenEndpoint:
-    """An OAuth token endpoint the gateway calls as a confidential client (client_secret_basic)."""
+    """An OAuth token endpoint the gateway calls as a confidential client (``upstream.auth.auth_method``:
+    client_secret_basic by default, client_secret_post or private_key_jwt; gateway.auth.client_auth)."""
 
     def __init__(self, config: UpstreamAuthConfig):
         self.url = config.token_endpoint or ""
-        client_id = quote(config.client_id or "", safe="")
-        secret = quote(config.client_secret.reveal() if config.client_secret else "", safe="")
-        # RFC 6749 §2.3.1: id and secret are form-urlencoded before the Basic encoding.
-        self._authorization = "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+        self._client = ClientAuthentication(
+            client_id=config.client_id or "", method=config.auth_method,
+            secret=config.client_secret.reveal() if config.client_secret else None,
+            key=config.private_key, audience=config.assertion_audience)
         self._session: aiohttp.ClientSession | None = None
         self.calls = 0
 
@@ -112,8 +114,10 @@ class TokenEndpoint:
             raise UpstreamError("upstream_credential_failed", "TokenEndpoint.start() was not awaited")
         self.calls += 1
         data = {k: v for k, v in form.items() if v}
+        headers = {"Accept": "application/json"}
+        self._client.apply(self.url, data, headers)  # O6
         try:
-            async with self._session.post(self.url, data=data, headers={"Authorization": self._authorization, "Accept": "application/json"}) as response:
+            async with self._session.post(self.url, data=data, headers=headers) as response:
                 body = await read_capped(response.content, MAX_TOKEN_RESPONSE_BYTES)
                 status = response.status
         except FetchError as exc:

@@ -65,6 +65,11 @@ IDENTITY_CLAIMING_PREFIXES = (
     "cf-access-", "x-pomerium-", "x-consumer-", "x-credential-", "x-webauth-",
 )
 
+# O2: W3C Trace Context is never copied as sent: the gateway sets it itself, either its own span's context
+# (tracing on) or the client's re-serialized once it has parsed (gateway.observe.tracing), so a malformed,
+# repeated or oversized value never reaches a tracer upstream that may read it differently.
+TRACE_CONTEXT_HEADERS = frozenset({"traceparent", "tracestate"})
+
 # Not passed back to the client: framing is redone by aiohttp; cookies would only come back to be stripped;
 # an upstream challenge concerns the gateway's own credentials (U4), never the client.
 UPSTREAM_ONLY_RESPONSE_HEADERS = frozenset({
@@ -115,7 +120,8 @@ def connection_named_headers(headers: CIMultiDictProxy[str] | CIMultiDict[str]) 
 def never_forwarded(extra: Iterable[str] = ()) -> frozenset[str]:
     """The fixed set of request headers never forwarded, plus ``extra`` (``upstream.strip_headers`` and the
     headers the gateway sets itself). Built once per process."""
-    return HOP_BY_HOP_HEADERS | CLIENT_ONLY_REQUEST_HEADERS | IDENTITY_CLAIMING_HEADERS | {n.lower() for n in extra}
+    return (HOP_BY_HOP_HEADERS | CLIENT_ONLY_REQUEST_HEADERS | IDENTITY_CLAIMING_HEADERS | TRACE_CONTEXT_HEADERS
+            | {n.lower() for n in extra})
 
 
 def upstream_request_headers(

@@ -11,7 +11,6 @@ mistaken for an access token (RFC 8725 §3.11). The upstream verifies it with th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
 import time
@@ -19,11 +18,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import jwt
 from cachetools import TTLCache
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from gateway.auth.keys import SigningKey
 from gateway.auth.principal import Principal
 from gateway.config import IdentityAssertionConfig
 
@@ -62,19 +59,8 @@ class IdentityHeaders:
         return headers
 
 
-def _algorithm_for(key: Any) -> str:
-    if isinstance(key, rsa.RSAPrivateKey):
-        return "RS256"
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        return {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}[key.curve.name]
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        return "EdDSA"
-    raise ValueError("the identity assertion key must be an RSA, EC (P-256/384/521) or Ed25519 private key")
-
-
-def load_signing_key(path: Path) -> tuple[Any, str]:
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    return key, _algorithm_for(key)
+def load_signing_key(path: Path) -> SigningKey:
+    return SigningKey.from_pem(path.read_bytes())
 
 
 class IdentityAssertion:
@@ -84,9 +70,8 @@ class IdentityAssertion:
         self.issuer = issuer
         self.audience = audience
         self.clock = clock
-        self.key, self.algorithm = load_signing_key(config.key_file)
-        public = self.key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        self.kid = jwt.utils.base64url_encode(hashlib.sha256(public).digest()[:16]).decode()
+        self.signing_key = load_signing_key(config.key_file)  # O6: its public half is in /.well-known/jwks.json
+        self.key, self.algorithm, self.kid = self.signing_key.private, self.signing_key.algorithm, self.signing_key.kid
         # Signing (RSA especially) costs far more than a lookup: reuse an assertion for half its life.
         self._cache: TTLCache[tuple[Any, ...], str] = TTLCache(maxsize=10_000, ttl=max(self.ttl / 2, 1.0), timer=clock)
 
@@ -111,4 +96,4 @@ class IdentityAssertion:
             "exp": now + int(self.ttl),
             "jti": secrets.token_urlsafe(12),
         }
-        return jwt.encode(claims, self.key, algorithm=self.algorithm, headers={"typ": ASSERTION_TYPE, "kid": self.kid})
+        return self.signing_key.sign(claims, typ=ASSERTION_TYPE)

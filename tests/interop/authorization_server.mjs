@@ -153,9 +153,12 @@ const configuration = {
   responseTypes: ['code'],
   discovery: {
     // oidc-provider only publishes token_endpoint_auth_methods_supported; the same methods apply here
-    introspection_endpoint_auth_methods_supported: ['client_secret_basic', 'client_secret_post'],
-    revocation_endpoint_auth_methods_supported: ['client_secret_basic', 'client_secret_post'],
+    introspection_endpoint_auth_methods_supported: ['client_secret_basic', 'client_secret_post', 'private_key_jwt'],
+    revocation_endpoint_auth_methods_supported: ['client_secret_basic', 'client_secret_post', 'private_key_jwt'],
   },
+  // A client's jwks_uri (the gateway's /.well-known/jwks.json, O6) is on 127.0.0.1 here, which oidc-provider's
+  // SSRF guard refuses to fetch; everything this test server talks to is loopback by design.
+  fetch: (url, options) => { delete options.dispatcher; return globalThis.fetch(url, options); },
   pkce: { required: () => PKCE_REQUIRED },
   ttl: {
     AccessToken: ACCESS_TOKEN_TTL,
