@@ -132,3 +132,15 @@ def test_d1_interop_typescript_sdk_negotiates_a_protocol_version_it_supports(aut
     assert run["latest_protocol_version"] == "2025-11-25"
     assert run["negotiated_protocol_version"] in run["supported_protocol_versions"]
     assert run["negotiated_protocol_version"] == run["latest_protocol_version"]
+
+
+def test_m5_interop_typescript_sdk_reads_a_policy_denial_as_an_http_403_error(authorization_code_run):
+    """What the SDK (1.x) makes of the gateway's policy denial of ``prompts/get`` (no policy permits it here;
+    Z3: 403, a JSON-RPC error body with the request id, no challenge):
+    not an ``UnauthorizedError`` and no re-authorization (no ``insufficient_scope`` challenge), but a
+    ``StreamableHTTPError`` with ``code`` 403 whose message carries the body's text; the JSON-RPC error
+    itself is never delivered as the call's answer (only the Python SDK does that, test_fastmcp.py)."""
+    denied = authorization_code_run["denied"]
+    assert denied["name"] == "StreamableHTTPError" and denied["code"] == 403, denied
+    assert '"code": -32003' in denied["message"] and "Error POSTing to endpoint" in denied["message"], denied
+    assert len(authorization_code_run["authorization_urls"]) == 1  # the denial started no new authorization
