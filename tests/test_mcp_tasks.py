@@ -182,3 +182,22 @@ async def test_M4_tasks_list_and_task_notifications_never_show_another_principal
     assert ack["params"]["notifications"]["taskIds"] == [mine]
     assert [u["params"]["taskId"] for u in updates] == [mine]  # alice's upstream-1 was dropped
     assert "upstream-1" not in text and "upstream-2" not in text
+
+
+@pytest.mark.parametrize("method, params", [
+    ("tasks/result", {"taskId": "{mine}", "TASKID": "upstream-1"}),
+    ("tasks/get", {"taskId": "{mine}", "task_id": "upstream-1"}),
+    ("subscriptions/listen", {"notifications": {"taskIds": ["{mine}"], "TaskIds": ["upstream-1"]}}),
+    ("subscriptions/listen", {"notifications": {"taskIds": ["{mine}"]}, "Notifications": {"taskIds": ["upstream-1"]}}),
+])
+async def test_M4_another_spelling_of_the_task_id_member_is_refused(serve_gateway, tasks_upstream, issuer, method, params):
+    """A case-insensitive (Go) upstream would read ``TASKID`` as the task id: the gateway's reading and the
+    upstream's must not differ (I2), so the request is refused before anything is forwarded."""
+    gateway = await serve_gateway(tasks_upstream.url)
+    bob = issuer.mint(sub="bob")
+    await create(gateway.url, issuer.mint(sub="alice"))  # upstream-1 is alice's
+    mine = await create(gateway.url, bob)
+    seen = len(tasks_upstream.received)
+    status, body = await post(gateway.url, bob, method, json.loads(json.dumps(params).replace("{mine}", mine)))
+    assert status == 400, body
+    assert len(tasks_upstream.received) == seen

@@ -30,7 +30,7 @@ from typing import Any
 
 from gateway.auth.principal import Principal
 from gateway.errors import NotFound, UpstreamError
-from gateway.mcp.jsonrpc import Batch, Message, serialize
+from gateway.mcp.jsonrpc import Batch, MalformedMessage, Message, fold_key, serialize
 from gateway.mcp.listing import fold
 from gateway.mcp.sessions import BoundHandles, HandleRefused
 from gateway.mcp.sse import Event, format_event, parse_event
@@ -44,7 +44,10 @@ TASK_NOTIFICATIONS = frozenset({"notifications/tasks", "notifications/tasks/stat
 ACKNOWLEDGED = "notifications/subscriptions/acknowledged"
 RELATED_TASK = "io.modelcontextprotocol/related-task"
 MAX_TASK_ID = 1024  # bytes of an upstream id the gateway seals; a longer one stays raw (and so unusable)
-_MAY_MENTION = re.compile(rb"task|\\u00[4-7][0-9a-fA-F]", re.IGNORECASE)
+# What an answer must contain to name a task where this module looks: a "task", "taskId", "taskIds" or
+# "tasks" key, the notifications/tasks method (also as notifications\/tasks), or an escaped ASCII letter
+# that could spell one of them (task\u0049d).
+_MAY_MENTION = re.compile(rb'"task(?:id|ids|s)?"|notifications\\?/tasks|\\u00[4-7][0-9a-f]', re.IGNORECASE)
 
 
 class TaskNotFound(NotFound):
@@ -103,12 +106,23 @@ class TaskBindings:
         return TaskAnswers(self, principal, known, creates=creates)
 
 
+def _spelled_exactly(obj: Mapping[str, Any], member: str, where: str) -> None:
+    """I2: ``TaskId`` beside ``taskId`` would be another id to a case-insensitive (Go) upstream."""
+    folded = fold_key(member)
+    if any(fold_key(key) == folded and key != member for key in obj):
+        raise MalformedMessage("member_spelling", f"{where} spells {member!r} another way")
+
+
 def named_handles(message: Message) -> list[Any]:
     """The task handles a client message names (each must be the caller's)."""
     if message.method in NAMING_METHODS:
+        _spelled_exactly(message.params, "taskId", f"{message.method} params")
         return [message.params.get("taskId")]
     if message.method == "subscriptions/listen":
+        _spelled_exactly(message.params, "notifications", "subscriptions/listen params")
         notifications = message.params.get("notifications")
+        if isinstance(notifications, Mapping):
+            _spelled_exactly(notifications, "taskIds", "subscriptions/listen params.notifications")
         ids = notifications.get("taskIds") if isinstance(notifications, Mapping) else None
         if ids is None:
             return []
