@@ -201,3 +201,46 @@ async def test_M4_another_spelling_of_the_task_id_member_is_refused(serve_gatewa
     status, body = await post(gateway.url, bob, method, json.loads(json.dumps(params).replace("{mine}", mine)))
     assert status == 400, body
     assert len(tasks_upstream.received) == seen
+
+
+# -- the answer side, frame by frame (pure: gateway.mcp.tasks on bytes) -------------------------------------
+
+from gateway.mcp.jsonrpc import parse_body  # noqa: E402
+from gateway.mcp.tasks import TaskBindings  # noqa: E402
+from gateway.mcp.sessions import BoundHandles  # noqa: E402
+
+
+def answers_for(request: dict, principal=None):
+    from gateway.auth.principal import Principal
+    principal = principal or Principal(issuer="https://issuer", subject="alice", entity_id="alice", client_id="", scopes=frozenset())
+    bindings = TaskBindings(BoundHandles(b"k" * 32, purpose=PURPOSE))
+    batch, known = bindings.unwrap_requests(parse_body(json.dumps(request).encode(), "application/json"), principal)
+    return bindings, principal, bindings.answers(principal, known, batch)
+
+
+CALL = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "build", "arguments": {}}}
+
+
+def test_M4_a_2025_11_25_create_task_result_is_sealed_and_related_task_meta_follows():
+    bindings, alice, answers = answers_for(CALL)
+    legacy = {"jsonrpc": "2.0", "id": 1, "result": {"task": task("raw-7"),
+              "_meta": {"io.modelcontextprotocol/related-task": {"taskId": "raw-7"}}}}
+    out = json.loads(answers.filter_json_body(json.dumps(legacy).encode()))
+    handle = out["result"]["task"]["taskId"]
+    assert handle.startswith("g1.") and bindings._handles.open(handle, alice) == "raw-7"
+    assert out["result"]["_meta"]["io.modelcontextprotocol/related-task"]["taskId"] == handle
+
+
+def test_M4_an_answer_to_a_request_that_creates_nothing_never_seals_an_id():
+    _, _, answers = answers_for({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"resultType": "task", **task("raw-9")}}).encode()
+    assert json.loads(answers.filter_json_body(body))["result"]["taskId"] == "raw-9"  # useless through the gateway
+
+
+def test_M4_unreadable_or_foreign_task_frames_fail_closed():
+    _, _, answers = answers_for(CALL)
+    assert answers.filter_event(b'data: {"taskId": \n\n') is None  # not JSON: dropped
+    foreign = {"jsonrpc": "2.0", "method": "notifications/tasks/status", "params": task("someone-elses")}
+    assert answers.filter_event(f"data: {json.dumps(foreign)}\n\n".encode()) is None
+    plain = b'data: {"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"a task to do"}]}}\n\n'
+    assert answers.filter_event(plain) is plain  # nothing that names a task: the bytes pass untouched

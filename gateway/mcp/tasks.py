@@ -161,7 +161,6 @@ class TaskAnswers:
         return obj
 
     def _result(self, result: dict[str, Any]) -> dict[str, Any]:
-        result = self._related(result)
         if "taskId" in result:
             result = {**result, "taskId": self._client_id(result["taskId"], creating=result.get("resultType") == "task")}
         task = result.get("task")
@@ -174,7 +173,7 @@ class TaskAnswers:
             if len(kept) != len(items):
                 log.info("dropped %d task(s) from a task list: the gateway cannot tell whose they are", len(items) - len(kept))
             result = {**result, key: kept}
-        return result
+        return self._related(result)  # last: the id may have been sealed just above
 
     def message(self, message: Any) -> Any:
         """The message as the client gets it; None when it must not reach the client at all."""
