@@ -300,8 +300,9 @@ class McpEndpoint:
         if list_filter is not None and principal is not None:
             # M3: updates only for resources the caller may read; M4: task ids sealed for this caller.
             listens = state.batch is not None and any(m.method == "subscriptions/listen" for m in state.batch.messages)
-            updates = UpdateFilter(lambda uri: self._may_read(principal, uri), strict=listens)
-            tasks = self.tasks.answers(principal, state.known_tasks, state.batch)
+            most = self.config.upstream.max_list_bytes  # R2: no frame larger than a list is parsed
+            updates = UpdateFilter(lambda uri: self._may_read(principal, uri), strict=listens, max_bytes=most)
+            tasks = self.tasks.answers(principal, state.known_tasks, state.batch, max_bytes=most)
             transform_json = _chain(list_filter.filter_json_body, tasks.filter_json_body, updates.filter_json_body)
             transform_event = _chain(list_filter.filter_event, tasks.filter_event, updates.filter_event)
         return await self.proxy.forward(

@@ -244,3 +244,15 @@ def test_M4_unreadable_or_foreign_task_frames_fail_closed():
     assert answers.filter_event(f"data: {json.dumps(foreign)}\n\n".encode()) is None
     plain = b'data: {"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"a task to do"}]}}\n\n'
     assert answers.filter_event(plain) is plain  # nothing that names a task: the bytes pass untouched
+
+
+def test_M4_an_event_too_large_to_read_is_dropped_not_passed():
+    """R2: a frame over upstream.max_list_bytes that may name a task is not parsed, and not passed unread."""
+    from gateway.auth.principal import Principal
+    alice = Principal(issuer="https://issuer", subject="alice", entity_id="alice", client_id="", scopes=frozenset())
+    bindings = TaskBindings(BoundHandles(b"k" * 32, purpose=PURPOSE))
+    batch = parse_body(json.dumps(CALL).encode(), "application/json")
+    created = {"jsonrpc": "2.0", "id": 1, "result": {"resultType": "task", **task("raw-1", statusMessage="x" * 2000)}}
+    event = f"data: {json.dumps(created)}\n\n".encode()
+    assert bindings.answers(alice, {}, batch).filter_event(event) is not None  # read and sealed
+    assert bindings.answers(alice, {}, batch, max_bytes=1024).filter_event(event) is None

@@ -40,10 +40,11 @@ def _members(obj: dict[str, Any], name: str) -> list[str]:
 class UpdateFilter:
     """``may_read(uri)``: the caller's ``resources/read`` decision on ``Resource::"<uri>"``."""
 
-    def __init__(self, may_read: Callable[[str], bool], *, strict: bool = False):
+    def __init__(self, may_read: Callable[[str], bool], *, strict: bool = False, max_bytes: int = 8 * 1024 * 1024):
         self._may_read = may_read
         self.strict = strict
         self.dropped = 0
+        self._max_bytes = max_bytes  # R2: the largest event read (upstream.max_list_bytes, as for lists)
 
     def passes(self, message: Any) -> bool:
         if not isinstance(message, dict):
@@ -73,6 +74,10 @@ class UpdateFilter:
     def filter_event(self, raw: bytes) -> bytes | None:
         if not self.strict and _MAY_MENTION.search(raw) is None:
             return raw
+        if len(raw) > self._max_bytes:
+            log.error("dropped an upstream event of %d bytes that may be a resource update: over "
+                      "upstream.max_list_bytes (%d), so it was not read (fail closed)", len(raw), self._max_bytes)
+            return None
         try:
             event = parse_event(raw)
             if not event.data or not event.data.strip():

@@ -43,6 +43,7 @@ CREATING_METHODS = frozenset({"tools/call"})
 TASK_NOTIFICATIONS = frozenset({"notifications/tasks", "notifications/tasks/status"})
 ACKNOWLEDGED = "notifications/subscriptions/acknowledged"
 RELATED_TASK = "io.modelcontextprotocol/related-task"
+MAX_EVENT_PARSE = 8 * 1024 * 1024  # the default of upstream.max_list_bytes
 MAX_TASK_ID = 1024  # bytes of an upstream id the gateway seals; a longer one stays raw (and so unusable)
 # What an answer must contain to name a task where this module looks: a "task", "taskId", "taskIds" or
 # "tasks" key, the notifications/tasks method (also as notifications\/tasks), or an escaped ASCII letter
@@ -101,9 +102,10 @@ class TaskBindings:
                 notifications["taskIds"] = [upstream[handle] for handle in notifications["taskIds"]]
         return Batch(batch.messages, is_array=batch.is_array, canonical=serialize(document)), known
 
-    def answers(self, principal: Principal, known: Mapping[str, str], batch: Batch | None) -> TaskAnswers:
+    def answers(self, principal: Principal, known: Mapping[str, str], batch: Batch | None, *,
+                max_bytes: int = 8 * 1024 * 1024) -> TaskAnswers:
         creates = batch is not None and any(m.method in CREATING_METHODS for m in batch.messages)
-        return TaskAnswers(self, principal, known, creates=creates)
+        return TaskAnswers(self, principal, known, creates=creates, max_bytes=max_bytes)
 
 
 def _spelled_exactly(obj: Mapping[str, Any], member: str, where: str) -> None:
@@ -133,11 +135,13 @@ def named_handles(message: Message) -> list[Any]:
 class TaskAnswers:
     """Rewrites the task ids in the answers to one request (JSON bodies and SSE events)."""
 
-    def __init__(self, bindings: TaskBindings, principal: Principal, known: Mapping[str, str], *, creates: bool):
+    def __init__(self, bindings: TaskBindings, principal: Principal, known: Mapping[str, str], *, creates: bool,
+                 max_bytes: int = MAX_EVENT_PARSE):
         self._bindings = bindings
         self._principal = principal
         self._known = dict(known)
         self._creates = creates
+        self._max_bytes = max_bytes  # R2: the largest event read (upstream.max_list_bytes, as for lists)
 
     # -- one message ------------------------------------------------------------------------------------
 
@@ -220,6 +224,10 @@ class TaskAnswers:
     def filter_event(self, raw: bytes) -> bytes | None:
         if _MAY_MENTION.search(raw) is None:
             return raw
+        if len(raw) > self._max_bytes:
+            log.error("dropped an upstream event of %d bytes that may name a task: over upstream.max_list_bytes "
+                      "(%d), so it was not read (fail closed)", len(raw), self._max_bytes)
+            return None
         try:
             event = parse_event(raw)
             if not event.data or not event.data.strip():
