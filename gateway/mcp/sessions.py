@@ -5,8 +5,10 @@ The client never sees the upstream's session id. When the upstream hands one out
 
     g1.<base64url: issued-at, 8 bytes><base64url: the upstream's id>.<base64url: MAC, 16 bytes>
 
-where the MAC is HMAC-SHA256 under the session key over the issued-at time, the upstream's id and the
-principal (issuer and subject). On every later request the gateway recomputes the MAC for the caller:
+where the MAC is HMAC-SHA256 under the session key over a purpose label (``mcp-session``), the
+issued-at time, the upstream's id and the principal (issuer and subject). ``BoundHandles`` is that seal
+for any server-minted handle; task ids use it with the label ``mcp-task`` (``gateway.mcp.tasks``), so
+neither kind ever passes for the other. On every later request the gateway recomputes the MAC for the caller:
 an id made for another principal, tampered with, made under another key, older than ``max_age``, or
 ended by a ``DELETE`` seen here is refused like an unknown one, with 404, which MCP clients answer by
 starting a new session (MCP 2025-11-25 transports). A good one is unwrapped and the upstream's own id is
