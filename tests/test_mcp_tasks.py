@@ -256,3 +256,15 @@ def test_M4_an_event_too_large_to_read_is_dropped_not_passed():
     event = f"data: {json.dumps(created)}\n\n".encode()
     assert bindings.answers(alice, {}, batch).filter_event(event) is not None  # read and sealed
     assert bindings.answers(alice, {}, batch, max_bytes=1024).filter_event(event) is None
+
+
+def test_M4_two_handles_for_one_task_in_one_batch_both_reach_it():
+    from gateway.auth.principal import Principal
+    alice = Principal(issuer="https://issuer", subject="alice", entity_id="alice", client_id="", scopes=frozenset())
+    bindings = TaskBindings(BoundHandles(b"k" * 32, purpose=PURPOSE))
+    first, second = bindings.seal("raw-1", alice), BoundHandles(b"k" * 32, purpose=PURPOSE, clock=lambda: 1e9).seal("raw-1", alice)
+    assert first != second
+    body = [{"jsonrpc": "2.0", "id": i, "method": "tasks/get", "params": {"taskId": h}} for i, h in enumerate((first, second))]
+    batch, known = bindings.unwrap_requests(parse_body(json.dumps(body).encode(), "application/json"), alice)
+    assert [m["params"]["taskId"] for m in json.loads(batch.canonical)] == ["raw-1", "raw-1"]
+    assert known == {"raw-1": first}

@@ -83,13 +83,15 @@ class TaskBindings:
 
     def unwrap_requests(self, batch: Batch, principal: Principal) -> tuple[Batch, dict[str, str]]:
         """The batch as the upstream must get it, and {upstream id: the client's handle} for the answers."""
-        known: dict[str, str] = {}
+        upstream: dict[str, str] = {}  # the client's handle -> the upstream's id
         for message in batch.messages:
             for handle in named_handles(message):
-                known.setdefault(self.open(handle, principal, message.id), handle)
+                upstream[handle] = self.open(handle, principal, message.id)
+        known: dict[str, str] = {}
+        for handle, raw in upstream.items():
+            known.setdefault(raw, handle)  # two handles for one task (sealed twice): answers use the first
         if not known:
             return batch, known
-        upstream = {handle: raw for raw, handle in known.items()}
         document = json.loads(batch.canonical)
         for wire in document if isinstance(document, list) else [document]:
             params = wire.get("params")
