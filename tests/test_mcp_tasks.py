@@ -9,6 +9,7 @@ behind a gateway sees one caller). The server is a stand-in for the upstream, no
 from __future__ import annotations
 
 import json
+import time
 
 import aiohttp
 import pytest
@@ -262,7 +263,7 @@ def test_M4_two_handles_for_one_task_in_one_batch_both_reach_it():
     from gateway.auth.principal import Principal
     alice = Principal(issuer="https://issuer", subject="alice", entity_id="alice", client_id="", scopes=frozenset())
     bindings = TaskBindings(BoundHandles(b"k" * 32, purpose=PURPOSE))
-    first, second = bindings.seal("raw-1", alice), BoundHandles(b"k" * 32, purpose=PURPOSE, clock=lambda: 1e9).seal("raw-1", alice)
+    first, second = bindings.seal("raw-1", alice), BoundHandles(b"k" * 32, purpose=PURPOSE, clock=lambda: time.time() - 5).seal("raw-1", alice)
     assert first != second
     body = [{"jsonrpc": "2.0", "id": i, "method": "tasks/get", "params": {"taskId": h}} for i, h in enumerate((first, second))]
     batch, known = bindings.unwrap_requests(parse_body(json.dumps(body).encode(), "application/json"), alice)
