@@ -6,7 +6,9 @@ Each stage either hands a richer request on or raises a ``GatewayError``; ``refu
 definite answer. Nothing reaches the upstream before every earlier stage has passed. Validity is checked
 before scopes (T10: an expired token that also lacks scopes gets 401), identity before policy. The limits
 stage comes as soon as the caller is known, so a principal over its share costs no body read and no
-policy decision; its slot is held until the answer, a streamed one included, is over (R3).
+policy decision; its slot is held until the answer, a streamed one included, is over (R3). The session
+stage checks every server-minted handle the request names, session id and task ids (M4), against the
+caller; the response stage filters lists (Z4), resource updates (M3) and seals new task ids (M4).
 """
 
 from __future__ import annotations
