@@ -25,6 +25,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 from aiohttp import web
 
+from tests.interop.chromium import chromium_binary
 from tests.interop.conftest import HERE, free_port, interop_gateway_config, node_binary, stop
 from tests.interop.conftest import assert_token_never_reached_upstream, decoded_claims
 from tests.interop.test_python_sdk import POLICIES, client_credentials
@@ -157,13 +158,6 @@ ROLLDOWN = HERE / "node_modules" / ".bin" / "rolldown"
 CLIENT_PACKAGE = HERE / "node_modules" / "@modelcontextprotocol" / "client" / "package.json"
 
 
-def chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        pytest.fail("the browser interop test needs Debian's chromium (make test installs it)")
-    return found
-
-
 @pytest.fixture(scope="module")
 def browser_bundle(tmp_path_factory) -> Path:
     """``browser/entry.mjs`` bundled for the browser with rolldown (installed with the Inspector's vite)."""
@@ -179,7 +173,7 @@ def browser_bundle(tmp_path_factory) -> Path:
 async def open_in_chromium(url: str, results: asyncio.Queue, profile: Path, seconds: float = 60) -> dict:
     """Loads ``url`` in headless Chromium and waits for the page to post its report."""
     browser = await asyncio.create_subprocess_exec(
-        chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
+        chromium_binary(), "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
         "--disable-background-networking", "--disable-sync", "--disable-component-update", f"--user-data-dir={profile}",
         url, stdout=asyncio.subprocess.DEVNULL, stderr=(profile.parent / "chromium.log").open("w"))
     try:
