@@ -9,7 +9,7 @@ NODE_STAMP := tests/interop/node_modules/.installed-stamp
 TOOLS  := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed-stamp
 
-.PHONY: run test bench fuzz soak venv npm tools clean help
+.PHONY: run test bench fuzz soak venv npm tools browser clean help
 
 help:
 	@echo "make run    set up and run the gateway on its embedded demo (127.0.0.1)"
@@ -34,6 +34,11 @@ $(NODE_STAMP): tests/interop/package.json tests/interop/package-lock.json
 
 npm: $(NODE_STAMP)
 
+# A real browser for the browser-origin interop test (tests/interop/test_typescript_sdk.py): Debian's chromium.
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; } || \
+		{ echo "the browser interop test needs chromium (Debian: apt-get install chromium)"; exit 1; }
+
 # Linters and scanners for deploy/ live in their own environment so they never pin the gateway's packages.
 $(TOOLS_STAMP): deploy/requirements-tools.txt
 	$(PYTHON) -m venv $(TOOLS)
@@ -48,7 +53,7 @@ tools: $(TOOLS_STAMP)
 run: venv
 	$(VENV)/bin/mcp-auth-gateway demo
 
-test: venv npm tools
+test: venv npm tools browser
 	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; } || \
 		{ echo "the S2 tests need redis-server (Debian: apt-get install redis-server)"; exit 1; }
 	$(PY) -m pytest

@@ -9,7 +9,9 @@ before scopes (T10: an expired token that also lacks scopes gets 401), identity 
 stage comes as soon as the caller is known, so a principal over its share costs no body read and no
 policy decision; its slot is held until the answer, a streamed one included, is over (R3). Step-up
 (A6, RFC 9470) follows the policy: a call the policy denies is a 403 however the user signed in, so
-nobody is sent to authenticate again for a call they may not make.
+nobody is sent to authenticate again for a call they may not make. The session
+stage checks every server-minted handle the request names, session id and task ids (M4), against the
+caller; the response stage filters lists (Z4), resource updates (M3) and seals new task ids (M4).
 """
 
 from __future__ import annotations
@@ -38,9 +40,11 @@ from gateway.edge.responses import error_response
 from gateway.errors import (
     Forbidden, GatewayError, InsufficientUserAuthentication, MethodNotAllowed, PayloadTooLarge, RequestTimeout)
 from gateway.limits import PrincipalLimiter, Slot
-from gateway.mcp.jsonrpc import Batch, Message, check_routing_headers, parse_body
+from gateway.mcp.jsonrpc import Batch, Message, check_routing_headers, encode_header_value, parse_body
 from gateway.mcp.listing import LIST_METHODS, ListFilter
 from gateway.mcp.sessions import SessionBindings
+from gateway.mcp.subscriptions import UpdateFilter
+from gateway.mcp.tasks import PURPOSE as TASK_PURPOSE, TaskBindings, TaskNotFound
 from gateway.observe.audit import AuditLog
 from gateway.observe.metrics import Metrics
 from gateway.observe.tracing import RequestTrace, Tracing, forwarded_trace_context
@@ -94,6 +98,7 @@ class _RequestState:
     slot: Slot | None = None  # R3: this request's place in its principal's share, released when it ends
     upstream_session: str | None = None  # P4: the upstream's own session id, unwrapped from the client's
     trace: RequestTrace | None = None  # O2: only with tracing on
+    known_tasks: dict[str, str] = field(default_factory=dict)  # M4: upstream task id -> the client's handle
 
 
 class _TracedRequestState(_RequestState):
@@ -147,6 +152,7 @@ class McpEndpoint:
         self.authenticator = authenticator
         self.scopes = scopes
         self.sessions = sessions
+        self.tasks = TaskBindings(sessions.sibling(TASK_PURPOSE))  # M4: same key, another purpose
         self.challenges = challenges
         self.origins = origins
         self.authorizer = authorizer
@@ -222,6 +228,8 @@ class McpEndpoint:
             client_session = request.headers.get("Mcp-Session-Id")  # one at most (I4)
             if client_session is not None:
                 state.upstream_session = self.sessions.unwrap(client_session, state.principal)  # U5, P4
+            if state.batch is not None:
+                self._open_tasks(state)  # M4
             state.stage = "upstream"
             # I1: the upstream gets the gateway's serialization of what was decided, never the client's bytes.
             response = await self._forward(request, state.batch.canonical if state.batch else None, state)  # U1-U4
@@ -259,6 +267,14 @@ class McpEndpoint:
                 "rules": list(needed.rules), "acr_values": list(needed.acr_values or ()), "max_age": needed.max_age})
             state.rpc_id = message.id if message is not None else None
             state.audited = True
+            raise
+
+    def _open_tasks(self, state: _RequestState) -> None:
+        """M4: every task id the request names must be the caller's (else 404); the upstream gets its own."""
+        try:
+            state.batch, state.known_tasks = self.tasks.unwrap_requests(state.batch, state.principal)
+        except TaskNotFound as error:
+            state.rpc_id = error.rpc_id
             raise
 
     def _audit(self, state: _RequestState, message: Message | None, outcome: str, reason: str, **extra: Any) -> None:
@@ -323,6 +339,10 @@ class McpEndpoint:
         added = {"X-Request-Id": state.request_id}
         if state.upstream_session is not None:
             added["Mcp-Session-Id"] = state.upstream_session
+        if state.known_tasks and "Mcp-Name" in request.headers:
+            # M4: for tasks/* Mcp-Name is params.taskId (SEP-2663) and matched the body (Z6): the upstream's id too.
+            handle = state.batch.messages[0].params.get("taskId")
+            added.update({"Mcp-Name": encode_header_value(raw) for raw, mine in state.known_tasks.items() if mine == handle})
         if principal is not None:
             for source in self.identity:  # U3
                 added.update(source.headers(principal))
@@ -355,13 +375,41 @@ class McpEndpoint:
                 memo=self.authorizer.filtered_lists,
                 observe_tools=self.authorizer.catalogue.learn,
             )
+        transform_json = transform_event = None
+        if list_filter is not None and principal is not None:
+            # M3: updates only for resources the caller may read; M4: task ids sealed for this caller.
+            listens = state.batch is not None and any(m.method == "subscriptions/listen" for m in state.batch.messages)
+            most = self.config.upstream.max_list_bytes  # R2: no frame larger than a list is parsed
+            updates = UpdateFilter(lambda uri: self._may_read(principal, uri), strict=listens, max_bytes=most)
+            tasks = self.tasks.answers(principal, state.known_tasks, state.batch, max_bytes=most)
+            transform_json = _chain(list_filter.filter_json_body, tasks.filter_json_body, updates.filter_json_body)
+            transform_event = _chain(list_filter.filter_event, tasks.filter_event, updates.filter_event)
         return await self.proxy.forward(
             request,
             body=body,
             headers=headers,
             extra_headers=answer_headers,
             on_response=on_response,
-            transform_json=list_filter.filter_json_body if list_filter else None,
-            transform_event=list_filter.filter_event if list_filter else None,
+            transform_json=transform_json,
+            transform_event=transform_event,
             require_transform=lists_asked,
         )
+
+    def _may_read(self, principal: Principal, uri: str) -> bool:
+        """M3: the caller's resources/read decision on ``Resource::"<uri>"`` (the authorizer caches it)."""
+        decision = self.authorizer.decide(principal, Message(kind="request", method="resources/read", params={"uri": uri}))
+        if not decision.allowed:
+            log.info("dropped notifications/resources/updated for a resource the caller may not read",
+                     extra={"fields": {"reason": "subscription_update_denied", "policies": decision.policies}})
+        return decision.allowed
+
+
+def _chain(*steps: Any) -> Any:
+    """Frame transforms applied in order; a step that drops the frame (None) ends the chain."""
+    def chained(raw: bytes) -> Any:
+        for step in steps:
+            raw = step(raw)
+            if raw is None:
+                return None
+        return raw
+    return chained

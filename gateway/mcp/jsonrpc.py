@@ -47,6 +47,10 @@ NAME_PARAM = {
     "resources/read": "uri",
     "resources/subscribe": "uri",
     "resources/unsubscribe": "uri",
+    # tasks extension (SEP-2663): Mcp-Name carries params.taskId
+    "tasks/get": "taskId",
+    "tasks/update": "taskId",
+    "tasks/cancel": "taskId",
 }
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -77,6 +81,9 @@ DECIDED_PARAMS = {
     "resources/subscribe": ("uri",),
     "resources/unsubscribe": ("uri",),
     "completion/complete": ("ref",),
+    "tasks/get": ("taskId",),
+    "tasks/update": ("taskId",),
+    "tasks/cancel": ("taskId",),
 }
 
 
@@ -399,3 +406,10 @@ def check_routing_headers(batch: Batch, mcp_method: str | None, mcp_name: str | 
         raise MalformedMessage("routing_header_mismatch", "Mcp-Method does not match the body's method", header_mismatch=True)
     if mcp_name is not None and mcp_name != message.name:
         raise MalformedMessage("routing_header_mismatch", "Mcp-Name does not match the body", header_mismatch=True)
+
+
+def encode_header_value(value: str) -> str:
+    """The inverse of ``decode_header_value``: plain visible ASCII as is, anything else base64-wrapped."""
+    if value.isascii() and value.isprintable() and value == value.strip() and not value.startswith("=?"):
+        return value
+    return f"=?base64?{base64.b64encode(value.encode('utf-8')).decode()}?="

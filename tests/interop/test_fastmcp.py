@@ -204,3 +204,25 @@ async def test_m1_interop_a_filtered_fastmcp_list_leaves_private_with_its_ttl(
     assert "delete_records" not in [t["name"] for t in result["tools"]]  # filtered for this caller
     assert (result.get("cacheScope"), result.get("ttlMs")) == ("private", 60000)
     assert_token_never_reached_upstream(fastmcp_upstream, token)
+
+
+async def test_m5_interop_python_sdk_reads_a_policy_denial_as_the_gateways_json_rpc_error(
+        fastmcp_gateway, fastmcp_upstream, authorization_server, fastmcp_public_url):
+    """The Python SDK client (2.3.0) reads the gateway's 403 body (Z3: a JSON-RPC error with the request id)
+    as the call's error: ``-32003`` "Forbidden", not an authentication failure; it keeps its token (no
+    re-authorization) and the session goes on. (The TypeScript SDK reads the same answer as an HTTP 403
+    error: test_typescript_sdk.py.)"""
+    provider = client_credentials_provider(fastmcp_public_url, authorization_server)
+
+    async def calls(client):
+        await client.list_tools()
+        token = provider.context.current_tokens.access_token
+        with pytest.raises(MCPError) as denied:
+            await client.call_tool("delete_records", {"table": "staging_users", "confirm": True})
+        after = await client.call_tool("echo", {"text": "still connected"})
+        return denied.value, token, provider.context.current_tokens.access_token, after
+
+    denied, before, after_token, after = await modern_client_run(fastmcp_public_url, calls, provider=provider)
+    assert (denied.error.code, denied.error.message) == (-32003, "Forbidden"), denied.error
+    assert before == after_token  # no new token was fetched for a denial
+    assert after.content[0].text == "still connected"

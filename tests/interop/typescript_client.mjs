@@ -187,6 +187,14 @@ async function main() {
     onprogress: (p) => progress.push(p),
   });
 
+  // M5: how the SDK reads the gateway's policy denial (HTTP 403 with a JSON-RPC error body, spec Z3).
+  let denied = null;
+  try {
+    await client.getPrompt({ name: 'summarize', arguments: { text: 'denied by policy' } });
+  } catch (error) {
+    denied = { name: error?.constructor?.name ?? null, code: error?.code ?? null, message: String(error?.message ?? error) };
+  }
+
   let sessionTerminated;
   try {
     await transport.terminateSession();
@@ -212,6 +220,7 @@ async function main() {
     progress: progress.length,
     progress_values: progress.map((p) => [p.progress, p.total ?? null]),
     session_terminated: sessionTerminated,
+    denied,
     access_token: tokens?.access_token ?? null,
     token_scope: tokens?.scope ?? null,
     token_issuer_stamp: tokens?.issuer ?? null,
