@@ -38,7 +38,7 @@ from gateway.authz.entities import (
 )
 from gateway.config import AuthorizationConfig
 from gateway.memo import ByteBoundedMemo
-from gateway.authz.pins import PinStore
+from gateway.authz.pins import PinsError, PinStore
 from gateway.mcp.catalogue import DefinitionChange, ToolCatalogue
 from gateway.mcp.jsonrpc import Message
 
@@ -499,7 +499,10 @@ class Authorizer:
             self.catalogue.deny_changed = self.deny_changed_tools
         self.pins: PinStore | None = None
         if config.tool_pins is not None and catalogue is None:
-            self.pins = PinStore(config.tool_pins)
+            try:
+                self.pins = PinStore(config.tool_pins)
+            except PinsError as exc:  # like a broken policy: the start stops, naming the file
+                raise PolicyLoadError([str(exc)]) from exc
             self.catalogue.set_pins(self.pins.pins)
         # A5: the candidate set, evaluated beside this one; disagreements counted by method (a metric).
         self.candidate: Authorizer | None = None
