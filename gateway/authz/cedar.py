@@ -494,7 +494,7 @@ class Authorizer:
         self.filtered_lists: ByteBoundedMemo = ByteBoundedMemo()
         # What the upstream says of its tools (from the tools/list answers relayed): spelling checks (I2, M2),
         # learned attributes (A1) and definition pins (A2).
-        self.catalogue = catalogue or ToolCatalogue()
+        self.catalogue = catalogue if catalogue is not None else ToolCatalogue()  # (an empty one is falsy)
         if catalogue is None:
             self.catalogue.deny_changed = self.deny_changed_tools
         self.pins: PinStore | None = None
