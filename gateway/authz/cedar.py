@@ -287,7 +287,10 @@ def load_policies(config: AuthorizationConfig, version: int = 1) -> LoadedPolici
                 problems.append(f"{where}{named}: {error.error}")
             raise PolicyLoadError(problems)
     # A3: every decision (lists and cached ones included) sees the Action entities and their groups.
-    base_list.extend(action_entities(schema, static_actions))
+    try:
+        base_list.extend(action_entities(schema, static_actions))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PolicyLoadError([f"{config.schema or config.entities}: action entities: {exc}"]) from exc
     return LoadedPolicies(
         version=version,
         policy_set=policy_set,

@@ -17,9 +17,25 @@ Annotations are validated as the specification says (a token name, unique withou
 integer, string or boolean property reachable through ``properties`` alone); a tool with an invalid one is
 logged and its headers are not checked (conforming clients drop such a tool from their list).
 
+Per tool too, for policies (A1): its ``annotations`` hints (``readOnlyHint``, ``destructiveHint``,
+``idempotentHint``, ``openWorldHint``, booleans only) and its ``title``, which ``Authorizer`` puts on the
+``Tool`` entity. A tool never listed has none of them. Each tool has a *stamp* that changes when these do,
+so a cached decision made under other attributes is never reused, and the catalogue a *generation* that
+steps when a known tool's attributes change (list memos key on it).
+
+And its definition (A2): description, inputSchema, outputSchema and annotations. The first definition seen
+is the accepted one, unless the pins file (``authorization.tool_pins``) names the tool; a listing with
+another definition is a change: logged (which parts, both digests, the command that accepts it), returned
+to the caller (the endpoint audits it), counted, and with ``tool_changes: deny`` its calls are refused.
+A tool listed again unchanged costs one ``==``; digests are made only for tools that changed or are
+pinned by file. ``==`` equates ``1``, ``1.0`` and ``true``: such a respelling is not seen as a change
+(learned hints keep booleans only, so a ``readOnlyHint`` respelled ``1`` keeps its first reading).
+
 The catalogue is as trustworthy as the upstream (it is the upstream's own description). It is bounded:
-at most ``MAX_TOOLS`` tools of at most ``MAX_PROPERTIES`` properties each; a tool listed again replaces
-its entry, and one never listed is not checked.
+at most ``MAX_TOOLS`` tools of at most ``MAX_PROPERTIES`` properties each, each held as the upstream listed
+it (so within ``upstream.max_list_bytes``); a tool listed again replaces its entry, and one never listed
+is not checked. Past ``MAX_TOOLS`` the tool listed longest ago is forgotten, its accepted digest kept (at
+most ``MAX_FORGOTTEN_PINS``) so that flooding the list cannot reset a pin.
 """
 
 from __future__ import annotations
@@ -125,6 +141,7 @@ def facts_of(name: str, schema: Any) -> ToolFacts:
 HINTS = ("readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint")
 # A2: what a tool's definition is: what a client shows its model and what it sends. ``name`` is the key.
 DEFINITION_PARTS = ("description", "inputSchema", "outputSchema", "annotations")
+UNREADABLE = "unreadable"  # the pin of a tool whose definition could not be compared: never matches
 MAX_FORGOTTEN_PINS = 50_000  # digests of tools evicted past MAX_TOOLS, kept so a flood cannot reset a pin
 
 
@@ -209,14 +226,20 @@ class ToolCatalogue:
             if not isinstance(name, str):
                 continue
             entry = entries.get(name)
-            if entry is None:
-                # No generation step: nothing was decided with this tool's attributes before it was seen.
-                entries[name] = self._first_sight(name, tool, changes)
-                continue
-            entries.move_to_end(name)
-            if entry.listed == tool:  # the common case: listed again unchanged (see the module docstring)
-                continue
-            self._relisted(name, entry, tool, changes)
+            try:
+                if entry is None:
+                    # No generation step: nothing was decided with this tool's attributes before it was seen.
+                    entries[name] = self._first_sight(name, tool, changes)
+                    continue
+                entries.move_to_end(name)
+                if entry.listed == tool:  # the common case: listed again unchanged (see the module docstring)
+                    continue
+                self._relisted(name, entry, tool, changes)
+            except (RecursionError, ValueError, TypeError) as exc:
+                # Nested too deeply to compare or digest: fail closed, as a changed definition.
+                log.warning("tool %r: its definition cannot be compared (%s); treated as changed", name[:80], type(exc).__name__)
+                entries[name] = _Entry(tool, next(self._stamps), UNREADABLE, True)
+                self.generation += 1
         while len(entries) > self._max:
             self._forget(*entries.popitem(last=False))
         return changes
@@ -249,7 +272,10 @@ class ToolCatalogue:
             self.generation += 1
 
     def _forget(self, name: str, entry: _Entry) -> None:
-        self._forgotten[name] = entry.pin or definition_digest(entry.listed)
+        try:
+            self._forgotten[name] = entry.pin or definition_digest(entry.listed)
+        except (RecursionError, ValueError, TypeError):
+            self._forgotten[name] = UNREADABLE
         while len(self._forgotten) > MAX_FORGOTTEN_PINS:
             self._forgotten.popitem(last=False)
 
@@ -280,7 +306,10 @@ class ToolCatalogue:
                 if name in self._forgotten:
                     self._forgotten[name] = accepted
                 continue
-            digest = definition_digest(entry.listed)
+            try:
+                digest = definition_digest(entry.listed)
+            except (RecursionError, ValueError, TypeError):
+                digest = UNREADABLE  # never equal to a pin: fail closed
             was_changed, entry.pin, entry.changed = entry.changed, accepted, digest != accepted
             if entry.changed != was_changed:
                 self._report(DefinitionChange(name, (), digest, accepted, entry.changed), changes)
@@ -303,7 +332,7 @@ class ToolCatalogue:
 
     def digests(self) -> dict[str, str]:
         """A2: each known tool's current definition digest (for ``pins accept``)."""
-        return {name: definition_digest(entry.listed) for name, entry in self._tools.items()}
+        return {name: definition_digest(entry.listed) for name, entry in self._tools.items() if entry.pin != UNREADABLE}
 
     def facts(self, tool: str) -> ToolFacts | None:
         entry = self._tools.get(tool)
