@@ -100,6 +100,17 @@ def log_refusal(request: web.Request, error: GatewayError, principal: Principal 
     )
 
 
+def _asks_only_tools_list(batch: Batch | None) -> bool:
+    """Whether every answer in this POST's response can only be the upstream's own tools/list answer: the
+    tool catalogue (I2, M2, A1, A2) learns from those alone. A list-shaped result answering anything else
+    (a tools/call whose result echoes the caller's input, a replayed GET stream) is filtered (Z4) but
+    never learned from: a caller must not be able to give a tool annotations or change its definition."""
+    if batch is None:
+        return False
+    methods = [m.method for m in batch.messages if m.method is not None]
+    return "tools/list" in methods and all(m == "tools/list" or m.startswith("notifications/") for m in methods)
+
+
 class McpEndpoint:
     def __init__(
         self,
@@ -292,7 +303,7 @@ class McpEndpoint:
                 strict=lists_asked,
                 scope=lambda: self.authorizer.listing_scope(principal),
                 memo=self.authorizer.filtered_lists,
-                observe_tools=lambda tools: self._learn_tools(state, tools),
+                observe_tools=(lambda tools: self._learn_tools(state, tools)) if _asks_only_tools_list(state.batch) else None,
             )
         return await self.proxy.forward(
             request,

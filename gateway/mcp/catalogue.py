@@ -290,9 +290,11 @@ class ToolCatalogue:
         what = ", ".join(change.parts) if change.parts else "its definition differs from the pinned one"
         consequence = ("calls to it are refused (authorization.tool_changes: deny) until it is accepted"
                        if self.deny_changed else "calls to it are still allowed (authorization.tool_changes: warn)")
+        # The name is the upstream's: it goes into the suggested command only when it is plain and whole.
+        plain = change.tool == name and re.fullmatch(r"[A-Za-z0-9_.:/-]+", change.tool) is not None
+        command = f"--tool '{change.tool}={change.digest}'" if plain else "--tools-list FILE (a reviewed tools/list answer)"
         log.warning("tool %r changed its definition (%s): listed %s, accepted %s; %s: "
-                    "mcp-auth-gateway pins accept --tool '%s=%s'", name, what, change.digest, change.accepted,
-                    consequence, name, change.digest,
+                    "mcp-auth-gateway pins accept %s", name, what, change.digest, change.accepted, consequence, command,
                     extra={"fields": {"tool": name, "changed_parts": list(change.parts), "digest": change.digest,
                                       "accepted_digest": change.accepted}})
 
