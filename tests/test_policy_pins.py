@@ -239,3 +239,29 @@ def test_A1_policy_explain_shows_the_learned_annotations_it_used(tmp_path):
     assert tool["attrs"] == {"annotations": {"readOnlyHint": True, "openWorldHint": True}}
     never = json.loads(subprocess.run(explain, capture_output=True, text=True).stdout)["messages"][0]
     assert never["learned_tool_attributes"]["listed"] is False
+
+
+# -- configuration -------------------------------------------------------------------------------------------
+
+def test_A2_A5_keys_are_checked_and_validate_reports_a_broken_candidate_set(tmp_path):
+    from gateway.config import ConfigError, parse_config
+
+    base = {"server": {"public_url": "https://mcp.example.com/mcp"}, "upstream": {"url": "http://127.0.0.1:9/mcp"},
+            "auth": {"issuers": [{"issuer": "https://idp.example.com"}]}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config({**base, "authorization": {"policies": str(POLICIES), "tool_changes": "block",
+                                                "candidate_policies": str(tmp_path / "missing"),
+                                                "tool_pins": str(tmp_path / "no-such-folder" / "pins.json")}}, source="g.yaml")
+    problems = "\n".join(caught.value.problems)
+    for key in ("authorization.tool_changes", "authorization.candidate_policies", "authorization.tool_pins"):
+        assert f"g.yaml: {key}" in problems
+    config = parse_config({**base, "authorization": {"policies": str(POLICIES)}})
+    assert (config.authorization.tool_changes, config.authorization.candidate_policies, config.authorization.tool_pins) == ("warn", None, None)
+
+    candidates = tmp_path / "next"
+    candidates.mkdir()
+    (candidates / "bad.cedar").write_text("permit (principal, action, resource)\n")
+    path = tmp_path / "gateway.yaml"
+    path.write_text(json.dumps({**base, "authorization": {"policies": str(POLICIES), "candidate_policies": str(candidates)}}))
+    result = subprocess.run([sys.executable, "-m", "gateway", "validate", "--config", str(path)], capture_output=True, text=True)
+    assert result.returncode == 1 and f"authorization.candidate_policies: {candidates / 'bad.cedar'}:1" in result.stderr
