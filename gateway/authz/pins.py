@@ -65,6 +65,7 @@ def write_pins(path: Path, pins: Mapping[str, str]) -> None:
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text)
+        os.chmod(temporary, 0o644)  # not a secret; the gateway may run as another user than the operator
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
