@@ -113,7 +113,7 @@ def _validate(path: str | None) -> int:
         return _report(error.problems)
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    from gateway.authz.cedar import candidate_config
+    from gateway.authz.candidates import candidate_config
     from gateway.authz.pins import PinsError, read_pins
 
     problems: list[str] = []

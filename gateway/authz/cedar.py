@@ -311,14 +311,6 @@ def _file_of(label: str, files: list[Path]) -> str:
     return label
 
 
-def candidate_config(config: AuthorizationConfig) -> AuthorizationConfig | None:
-    """A5: the candidate set is read like the enforced one, with the same schema and entities."""
-    if config.candidate_policies is None:
-        return None
-    return AuthorizationConfig(policies=config.candidate_policies, schema=config.schema, entities=config.entities,
-                               group_claims=config.group_claims, reload=config.reload)
-
-
 class PolicyStore:
     """The current policies; replaced atomically by ``reload_if_changed`` (Z2).
 
@@ -429,39 +421,6 @@ class CedarRequest:
         return f"CedarRequest({self.as_request()!r}, entities={self.entities!r})"
 
 
-# A5: the disagreement metric's method label is a bounded vocabulary; anything else counts as "other".
-KNOWN_METHODS = frozenset({"tools/call", *LIST_CHECKS, *(m for members in ACTION_GROUPS.values() for m in members)})
-
-
-class CandidateListingCheck:
-    """A5: the enforced list check, with the candidate set deciding every whole list beside it."""
-
-    __slots__ = ("_authorizer", "_enforced", "_candidate", "_report")
-
-    def __init__(self, authorizer: Authorizer, enforced: Any, candidate: Any,
-                 report: Callable[[str, list[str], list[str]], None] | None):
-        self._authorizer, self._enforced, self._candidate, self._report = authorizer, enforced, candidate, report
-
-    def __call__(self, list_method: str, name: str) -> bool:
-        return name in self.check_many(list_method, (name,))
-
-    def check_many(self, list_method: str, names: Any) -> frozenset[str]:
-        names = list(names)
-        shown = self._enforced.check_many(list_method, names)
-        try:
-            other = self._candidate.check_many(list_method, names)
-        except Exception:  # noqa: BLE001 - the candidate set must never change what is enforced
-            log.exception("candidate policies failed to decide a list; enforcement is unaffected")
-            return shown
-        if other != shown:
-            only_enforced = sorted(shown - other)
-            only_candidate = sorted(other - shown)
-            self._authorizer.count_disagreement(list_method, len(only_enforced) + len(only_candidate))
-            if self._report is not None:
-                self._report(list_method, only_enforced, only_candidate)
-        return shown
-
-
 class Authorizer:
     """Decisions for one gateway. Usable offline too (``policy explain``, ``policy test``):
 
@@ -510,6 +469,8 @@ class Authorizer:
         # A5: the candidate set, evaluated beside this one; disagreements counted by method (a metric).
         self.candidate: Authorizer | None = None
         self.disagreements: dict[str, int] = {}
+        from gateway.authz.candidates import candidate_config  # (it imports this module)
+
         candidates = candidate_config(config)
         if candidates is not None and catalogue is None:
             self.candidate = Authorizer(PolicyStore(candidates, kind="candidate"), candidates, server_name=server_name,
@@ -562,6 +523,8 @@ class Authorizer:
         check = ListingCheck(self, principal, scope or self.listing_scope(principal))
         if self.candidate is None or self.candidate.store.current is None:
             return check
+        from gateway.authz.candidates import CandidateListingCheck
+
         return CandidateListingCheck(self, check, self.candidate.item_check(principal), report)
 
     def listed_entity(self, target: dict[str, str], policies: LoadedPolicies | None = None) -> dict[str, Any]:
@@ -663,7 +626,9 @@ class Authorizer:
         return replace(decision, candidate=candidate)
 
     def count_disagreement(self, method: str, count: int = 1) -> None:
-        label = method if method in KNOWN_METHODS else "other"
+        from gateway.authz.candidates import KNOWN_METHODS
+
+        label = method if method in KNOWN_METHODS else "other"  # a bounded label (gateway.authz.candidates)
         self.disagreements[label] = self.disagreements.get(label, 0) + count
 
     def _pinned(self, message: Message, decision: Decision) -> Decision:
