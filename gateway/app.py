@@ -177,7 +177,8 @@ class Gateway:
             limiter=self.limiter,
             tracing=self.tracing,
         )
-        self.metrics.collect_state(StateCollector(jwks=self.jwks, introspector=self.introspector, policies=self.policies))
+        self.metrics.collect_state(StateCollector(jwks=self.jwks, introspector=self.introspector, policies=self.policies,
+                                                  authorizer=self.authorizer))
         self._background: list[asyncio.Task[None]] = []
         self._started = False
         self.readiness.add("started", lambda: self._started)
@@ -244,7 +245,8 @@ class Gateway:
         # T8 warm-up: readiness waits for every issuer's keys; requests meanwhile fetch on demand.
         self._background.append(asyncio.create_task(self.jwks.keep_warm(), name="jwks-warm-up"))
         if self.config.authorization.reload:
-            self._background.append(asyncio.create_task(self.policies.watch(), name="policy-reload"))
+            # Z2, A2, A5: the enforced and candidate policies and the tool pins
+            self._background.append(asyncio.create_task(self.authorizer.watch(), name="policy-reload"))
         self._started = True
 
     async def _on_cleanup(self, app: web.Application) -> None:

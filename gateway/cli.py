@@ -22,6 +22,7 @@ examples:
   mcp-auth-gateway validate --config gateway.yaml   check a configuration, offline
   mcp-auth-gateway serve --config gateway.yaml      run the gateway
   mcp-auth-gateway policy test policies/            run the policies' YAML test cases
+  mcp-auth-gateway pins accept --config gateway.yaml --tool 'NAME=sha256:...'   accept a changed tool
 
 The configuration file may also be given in ${ENV_VAR}.
 """
@@ -96,6 +97,32 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--candidate", metavar="DIR", help="a second policy folder: decide every case with it too and "
                       "print where the decisions differ (schema and entities as for the enforced set)")
     test.add_argument("--junit", metavar="FILE", help="also write the results as JUnit XML, for CI")
+    explain.add_argument("--tools-list", metavar="FILE", help="a tools/list answer from the upstream: its annotations "
+                         "and titles are learned first, as the gateway learns them (A1)")
+
+    pins = commands.add_parser(
+        "pins", help="accept tool definitions (authorization.tool_pins)",
+        description="Work with the tool pins file (authorization.tool_pins): the tool definitions an operator "
+        "has accepted. With authorization.tool_changes: deny, calls to a tool whose listed definition differs "
+        "from its accepted one are refused until it is accepted here (the gateway reloads the file).",
+    )
+    pins_commands = pins.add_subparsers(dest="pins_command", metavar="SUBCOMMAND")
+    accept = pins_commands.add_parser(
+        "accept", help="accept tool definitions into the pins file",
+        description="Write the given definitions into the pins file, keeping the other pins.",
+        epilog="examples:\n  mcp-auth-gateway pins accept --config gateway.yaml --tool 'weather=sha256:9f2c...'\n"
+        "      (the digest as the gateway's 'changed its definition' warning names it)\n"
+        "  mcp-auth-gateway pins accept --config gateway.yaml --tools-list tools.json\n"
+        "      (every tool of a tools/list answer, e.g. fetched from the upstream directly)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_config_argument(accept)
+    accept.add_argument("--tool", action="append", default=[], metavar="NAME=DIGEST", help="one tool's definition digest")
+    accept.add_argument("--tools-list", metavar="FILE", help="accept every tool of this tools/list answer")
+    show = pins_commands.add_parser("show", help="print the pins file, or the digests of a tools/list answer",
+                                    description="Print the pins in force, or with --tools-list the digest of each tool.")
+    _add_config_argument(show)
+    show.add_argument("--tools-list", metavar="FILE", help="print this answer's digests instead")
     return parser
 
 
@@ -109,16 +136,33 @@ def _validate(path: str | None) -> int:
         return _report(error.problems)
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    from gateway.authz.candidates import candidate_config
+    from gateway.authz.pins import PinsError, read_pins
+
+    problems: list[str] = []
     try:
         policies = load_policies(config.authorization)
     except PolicyLoadError as error:
-        return _report(error.problems)
+        problems.extend(error.problems)
+    candidates = candidate_config(config.authorization)
+    if candidates is not None:  # A5: refused at run time without stopping the gateway; a problem here
+        try:
+            load_policies(candidates)
+        except PolicyLoadError as error:
+            problems.extend(f"authorization.candidate_policies: {problem}" for problem in error.problems)
+    if config.authorization.tool_pins is not None:
+        try:
+            read_pins(config.authorization.tool_pins)
+        except PinsError as error:
+            problems.append(f"authorization.tool_pins: {error}")
+    if problems:
+        return _report(problems)
     schema = "validated against the schema" if config.authorization.schema else "no schema given"
     print(f"{config.source}: ok ({policies.policy_count} policies, {schema})")
     return 0
 
 
-def _explain(path: str | None, claims: str, request: str) -> int:
+def _explain(path: str | None, claims: str, request: str, tools_list: str | None = None) -> int:
     import json
     from pathlib import Path
 
@@ -127,7 +171,7 @@ def _explain(path: str | None, claims: str, request: str) -> int:
     from gateway.errors import BadRequest
 
     try:
-        report = explain(load_config(path), Path(claims), Path(request))
+        report = explain(load_config(path), Path(claims), Path(request), Path(tools_list) if tools_list else None)
     except ConfigError as error:
         return _report(error.problems)
     except PolicyLoadError as error:
@@ -138,6 +182,50 @@ def _explain(path: str | None, claims: str, request: str) -> int:
         return _report([str(error)])
     print(json.dumps(report, indent=2))
     return 0 if report["result"] == "allow" else 3
+
+
+def _pins(args: argparse.Namespace) -> int:
+    """A2: ``pins accept`` writes accepted digests into authorization.tool_pins; ``pins show`` prints them."""
+    import json
+    from pathlib import Path
+
+    from gateway.authz.explain import tools_of
+    from gateway.authz.pins import DIGEST, PinsError, read_pins, write_pins
+    from gateway.mcp.catalogue import definition_digest
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        return _report(error.problems)
+    path = config.authorization.tool_pins
+    listed: dict[str, str] = {}
+    try:
+        if args.tools_list:
+            for tool in tools_of(json.loads(Path(args.tools_list).read_text(encoding="utf-8")), args.tools_list):
+                if isinstance(tool, dict) and isinstance(tool.get("name"), str):
+                    listed[tool["name"]] = definition_digest(tool)
+        if args.pins_command == "show":
+            shown = listed if args.tools_list else (read_pins(path) if path is not None else {})
+            print(json.dumps({"tools": dict(sorted(shown.items()))}, indent=2, ensure_ascii=False))
+            return 0
+        if path is None:
+            return _report([f"{config.source}: authorization.tool_pins: required to accept tool definitions"])
+        for given in args.tool:
+            name, _, digest = given.rpartition("=")
+            if not name or not DIGEST.fullmatch(digest):
+                return _report([f"--tool {given[:100]!r}: expected NAME=sha256:<64 hex digits>"])
+            listed[name] = digest
+        if not listed:
+            return _report(["nothing to accept: give --tool NAME=DIGEST or --tools-list FILE"])
+        pins = read_pins(path)
+        pins.update(listed)
+        write_pins(path, pins)
+    except (OSError, ValueError) as error:  # PinsError is a ValueError
+        return _report([str(error)])
+    for name, digest in sorted(listed.items()):
+        print(f"accepted {name}: {digest}")
+    print(f"{path}: {len(pins)} tool(s) pinned; a running gateway reloads the file within a second")
+    return 0
 
 
 def _report(problems: list[str]) -> int:
@@ -183,12 +271,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(args.config)
     if args.command == "policy" and args.policy_command == "explain":
-        return _explain(args.config, args.token_claims, args.request)
+        return _explain(args.config, args.token_claims, args.request, args.tools_list)
     if args.command == "policy" and args.policy_command == "test":
         from gateway.authz.policytest import command
 
         return command(args.dir, config=args.config, schema=args.schema, entities=args.entities,
                        candidate=args.candidate, junit=args.junit)
+    if args.command == "pins" and args.pins_command in ("accept", "show"):
+        return _pins(args)
     if args.command == "demo":
         from gateway.demo.run import run_demo
 

@@ -261,6 +261,9 @@ class AuthorizationConfig:
     entities: Path | None = None
     group_claims: tuple[str, ...] = ("groups", "roles")
     reload: bool = True
+    candidate_policies: Path | None = None  # A5: evaluated beside the enforced set, never enforced
+    tool_changes: Literal["warn", "deny"] = "warn"  # A2: what a changed tool definition does to its calls
+    tool_pins: Path | None = None  # A2: accepted tool definition digests (mcp-auth-gateway pins accept)
 
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -1055,12 +1058,21 @@ def _authorization(s: _Section) -> AuthorizationConfig:
     for key, path in (("schema", schema), ("entities", entities)):
         if path is not None and not _is_file(path):
             s.problems.error(s.key_path(key), f"{path} does not exist")
+    candidates = s.take_path("candidate_policies")
+    if candidates is not None and not _exists(candidates):
+        s.problems.error(s.key_path("candidate_policies"), f"{candidates} does not exist")
+    pins = s.take_path("tool_pins")
+    if pins is not None and not pins.parent.is_dir():
+        s.problems.error(s.key_path("tool_pins"), f"{pins.parent} is not a folder")
     return AuthorizationConfig(
         policies=policies or Path("/nonexistent"),
         schema=schema,
         entities=entities,
         group_claims=s.take_str_list("group_claims", ("groups", "roles")),
         reload=s.take_bool("reload", True),
+        candidate_policies=candidates,
+        tool_changes=s.take_choice("tool_changes", ("warn", "deny"), "warn"),
+        tool_pins=pins,
     )
 
 

@@ -128,6 +128,17 @@ def log_refusal(request: web.Request, error: GatewayError, principal: Principal 
     )
 
 
+def _asks_only_tools_list(batch: Batch | None) -> bool:
+    """Whether every answer in this POST's response can only be the upstream's own tools/list answer: the
+    tool catalogue (I2, M2, A1, A2) learns from those alone. A list-shaped result answering anything else
+    (a tools/call whose result echoes the caller's input, a replayed GET stream) is filtered (Z4) but
+    never learned from: a caller must not be able to give a tool annotations or change its definition."""
+    if batch is None:
+        return False
+    methods = [m.method for m in batch.messages if m.method is not None]
+    return "tools/list" in methods and all(m == "tools/list" or m.startswith("notifications/") for m in methods)
+
+
 class McpEndpoint:
     def __init__(
         self,
@@ -247,7 +258,8 @@ class McpEndpoint:
         for message, decision in zip(evaluated, self.authorizer.decide_all(principal, evaluated), strict=True):
             self.metrics.decision_counts("allow" if decision.allowed else "deny", decision.reason).inc()
             self._audit(state, message, "allow" if decision.allowed else "deny", decision.reason,
-                        policies=decision.policies, policy_version=decision.policy_version, errors=decision.errors or None)
+                        policies=decision.policies, policy_version=decision.policy_version, errors=decision.errors or None,
+                        **decision.audit_fields())  # A5: the candidate set's decision, when configured
             if not decision.allowed:
                 if decision.errors:
                     log.warning("policy evaluation error, denied (fail closed): %s", "; ".join(decision.errors))
@@ -276,6 +288,20 @@ class McpEndpoint:
         except TaskNotFound as error:
             state.rpc_id = error.rpc_id
             raise
+    def _learn_tools(self, state: _RequestState, tools: list[Any]) -> None:
+        """A1, A2: the catalogue learns a relayed tools/list answer; each definition change is audited."""
+        for change in self.authorizer.catalogue.learn(tools):
+            self.audit.record(request_id=state.request_id, event="tool_definition_changed" if change.changed else
+                              "tool_definition_accepted_again", target=change.tool, changed_parts=list(change.parts),
+                              digest=change.digest, accepted_digest=change.accepted,
+                              tool_changes="deny" if self.authorizer.deny_changed_tools else "warn")
+
+    def _audit_candidate_list(self, state: _RequestState, list_method: str, only_enforced: list[str],
+                              only_candidate: list[str]) -> None:
+        """A5: a list the candidate policies would have filtered otherwise (at most 50 names of each kind)."""
+        self._audit(state, Message(kind="request", method=list_method), "allow", "candidate_disagrees",
+                    event="candidate_list", candidate_would_hide=only_enforced[:50],
+                    candidate_would_show=only_candidate[:50], candidate_differences=len(only_enforced) + len(only_candidate))
 
     def _audit(self, state: _RequestState, message: Message | None, outcome: str, reason: str, **extra: Any) -> None:
         principal = state.principal
@@ -369,11 +395,11 @@ class McpEndpoint:
         list_filter = None
         if principal is not None:
             list_filter = ListFilter(
-                lambda scope: self.authorizer.item_check(principal, scope),
+                lambda scope: self.authorizer.item_check(principal, scope, report=lambda *d: self._audit_candidate_list(state, *d)),
                 strict=lists_asked,
                 scope=lambda: self.authorizer.listing_scope(principal),
                 memo=self.authorizer.filtered_lists,
-                observe_tools=self.authorizer.catalogue.learn,
+                observe_tools=(lambda tools: self._learn_tools(state, tools)) if _asks_only_tools_list(state.batch) else None,
             )
         transform_json = transform_event = None
         if list_filter is not None and principal is not None:

@@ -32,6 +32,8 @@ TESTED = {
     "argument-conditions",
     "by-client",
     "by-scope",
+    "tool-annotations",  # decisions: tests/test_policy_authoring.py
+    "action-groups",  # decisions: tests/test_policy_authoring.py
 }
 
 

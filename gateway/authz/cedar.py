@@ -19,13 +19,14 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import cedarpy
 from cachetools import TTLCache
+from cedarpy import pst
 
 from gateway.auth.principal import Principal
 from gateway.authz.entities import (
@@ -37,7 +38,8 @@ from gateway.authz.entities import (
 )
 from gateway.config import AuthorizationConfig
 from gateway.memo import ByteBoundedMemo
-from gateway.mcp.catalogue import ToolCatalogue
+from gateway.authz.pins import PinsError, PinStore
+from gateway.mcp.catalogue import DefinitionChange, ToolCatalogue
 from gateway.mcp.jsonrpc import Message
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,19 @@ _POLICY_ID = re.compile(r"\b(policy\d+)\b")
 
 # Entity types a request builds itself; entities.json may describe them too (merged per request, cedar.md).
 REQUEST_BUILT_TYPES = frozenset({"User", "Tool", "Prompt", "Resource", "Server"})
+
+# A3 (cedar.md): the action groups, used when no schema is given; with a schema, the schema's action
+# hierarchy is used instead (what the policies were validated against is what they are evaluated with).
+# tools/call is in no group: decide it per tool.
+ACTION_GROUPS: dict[str, tuple[str, ...]] = {
+    "read": ("tools/list", "prompts/list", "prompts/get", "resources/list", "resources/templates/list",
+             "resources/read", "completion/complete"),
+    "subscribe": ("resources/subscribe", "resources/unsubscribe", "subscriptions/listen"),
+    "housekeeping": ("logging/setLevel", "server/discover"),
+    "tasks": ("tasks/get", "tasks/list", "tasks/result", "tasks/cancel"),
+}
+# A1: attributes the gateway learns from the upstream's tools/list answers (gateway.mcp.catalogue).
+LEARNED_ATTRIBUTES = ("annotations", "title")
 
 
 class PolicyLoadError(Exception):
@@ -132,6 +147,10 @@ class LoadedPolicies:
     static: dict[tuple[str, str], dict[str, Any]]  # static entities of request-built types, merged per request
     policy_count: int
     fingerprint: tuple[Any, ...] = field(default=())
+    # A1: the learned Tool attributes some policy reads (by name, in `.attr`, `has` or `["attr"]`); all of
+    # them when the policy set cannot be read that way. Unread ones are left off the entities, so list
+    # items that differ only there are still decided together (gateway.authz.listing_decisions).
+    learned_read: tuple[str, ...] = LEARNED_ATTRIBUTES
 
     def label(self, policy_id: str, annotation: str | None = None) -> str:
         return policy_label(self.labels, policy_id, annotation)
@@ -166,6 +185,45 @@ def fingerprint(config: AuthorizationConfig) -> tuple[Any, ...]:
     return tuple(parts)
 
 
+def action_entities(schema: cedarpy.Schema | None, static: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A3: every Action entity with its parents: the schema's hierarchy, else ``ACTION_GROUPS``; parents
+    that entities.json gives an Action are added to it."""
+    if schema is not None:
+        actions = {e["uid"]["id"]: e for e in json.loads(str(cedarpy.Entities.from_json_str("[]", schema)))}
+    else:
+        actions = {group: {"uid": uid("Action", group), "attrs": {}, "parents": []} for group in ACTION_GROUPS}
+        for group, members in ACTION_GROUPS.items():
+            for member in members:
+                actions[member] = {"uid": uid("Action", member), "attrs": {}, "parents": [uid("Action", group)]}
+    for entity in static:
+        key = entity["uid"]["id"]
+        actions[key] = merge_entity(entity, actions.get(key, {"uid": entity["uid"], "attrs": {}, "parents": []}))
+    return list(actions.values())
+
+
+def attributes_read(policy_set: cedarpy.PolicySet) -> tuple[str, ...]:
+    """Which of ``LEARNED_ATTRIBUTES`` a policy reads. Over-approximates: any `.x`, `has x` or `["x"]` on
+    anything counts; a set whose syntax tree cannot be had reads them all."""
+    try:
+        stack: list[Any] = [policy_set.to_pst()]
+    except Exception:  # noqa: BLE001 - a newer syntax than cedarpy's tree: assume everything is read
+        return LEARNED_ATTRIBUTES
+    names: set[str] = set()
+    while stack:
+        node = stack.pop()
+        if isinstance(node, pst.GetAttr):
+            names.add(node.attr)
+        elif isinstance(node, pst.HasAttr):
+            names.update(node.attrs)
+        if isinstance(node, Mapping):
+            stack.extend(node.values())
+        elif isinstance(node, (tuple, list)):
+            stack.extend(node)
+        elif is_dataclass(node):
+            stack.extend(getattr(node, f.name) for f in fields(node))
+    return tuple(name for name in LEARNED_ATTRIBUTES if name in names)
+
+
 def load_policies(config: AuthorizationConfig, version: int = 1) -> LoadedPolicies:
     """Parse and validate everything; ``PolicyLoadError`` lists each problem with file and line."""
     problems: list[str] = []
@@ -195,6 +253,7 @@ def load_policies(config: AuthorizationConfig, version: int = 1) -> LoadedPolici
 
     static: dict[tuple[str, str], dict[str, Any]] = {}
     base_list: list[dict[str, Any]] = []
+    static_actions: list[dict[str, Any]] = []
     if config.entities is not None:
         try:
             document = json.loads(config.entities.read_text(encoding="utf-8"))
@@ -205,6 +264,8 @@ def load_policies(config: AuthorizationConfig, version: int = 1) -> LoadedPolici
                 key = (entity["uid"]["type"], entity["uid"]["id"])
                 if key[0] in REQUEST_BUILT_TYPES:
                     static[key] = entity
+                elif key[0] == "Action":
+                    static_actions.append(entity)
                 else:
                     base_list.append(entity)
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -225,14 +286,20 @@ def load_policies(config: AuthorizationConfig, version: int = 1) -> LoadedPolici
                 named = f" (@id {annotations[error.policy_id]!r})" if error.policy_id in annotations else ""
                 problems.append(f"{where}{named}: {error.error}")
             raise PolicyLoadError(problems)
+    # A3: every decision (lists and cached ones included) sees the Action entities and their groups.
+    try:
+        base_list.extend(action_entities(schema, static_actions))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PolicyLoadError([f"{config.schema or config.entities}: action entities: {exc}"]) from exc
     return LoadedPolicies(
         version=version,
         policy_set=policy_set,
         labels=tuple(labels),
-        base_entities=cedarpy.Entities.from_json_str(json.dumps(base_list)) if base_list else None,
+        base_entities=cedarpy.Entities.from_json_str(json.dumps(base_list)),
         static=static,
         policy_count=len(policy_set),
         fingerprint=stamp,
+        learned_read=attributes_read(policy_set),
     )
 
 
@@ -245,34 +312,49 @@ def _file_of(label: str, files: list[Path]) -> str:
 
 
 class PolicyStore:
-    """The current policies; replaced atomically by ``reload_if_changed`` (Z2)."""
+    """The current policies; replaced atomically by ``reload_if_changed`` (Z2).
 
-    def __init__(self, config: AuthorizationConfig):
+    ``kind="candidate"`` (A5): a set that does not load at start is logged and left out (``current`` is
+    None) instead of stopping the start; a later valid edit brings it in. Enforcement never depends on it."""
+
+    def __init__(self, config: AuthorizationConfig, *, kind: Literal["enforced", "candidate"] = "enforced"):
         self.config = config
-        self.current = load_policies(config)
+        self.kind = kind
         self.reloads = 0
         self.failed_reloads = 0
         self._refused: tuple[Any, ...] | None = None
-        log.info("loaded %d Cedar policies (version %d)", self.current.policy_count, self.current.version,
-                 extra={"fields": {"policy_version": self.current.version}})
+        self.current: LoadedPolicies = None  # type: ignore[assignment] # set below, or None for a candidate
+        try:
+            self.current = load_policies(config)
+        except PolicyLoadError as exc:
+            if kind == "enforced":
+                raise
+            self._refused = fingerprint(config)
+            self.failed_reloads += 1
+            log.error("candidate policies refused; no candidate set is evaluated until they load:\n%s", exc)
+            return
+        log.info("loaded %d %s Cedar policies (version %d)", self.current.policy_count, kind, self.current.version,
+                 extra={"fields": {"policy_version": self.current.version, "policy_kind": kind}})
 
     def reload_if_changed(self) -> bool:
         stamp = fingerprint(self.config)
-        if stamp == self.current.fingerprint or stamp == self._refused:
+        current = self.current
+        if (current is not None and stamp == current.fingerprint) or stamp == self._refused:
             return False
+        version = current.version if current is not None else 0
         try:
-            loaded = load_policies(self.config, self.current.version + 1)
+            loaded = load_policies(self.config, version + 1)
         except PolicyLoadError as exc:
             self._refused = stamp
             self.failed_reloads += 1
-            log.error("policy change refused; version %d stays in force:\n%s", self.current.version, exc,
-                      extra={"fields": {"policy_version": self.current.version}})
+            log.error("%s policy change refused; version %d stays in force:\n%s", self.kind, version, exc,
+                      extra={"fields": {"policy_version": version, "policy_kind": self.kind}})
             return False
         self.current = loaded  # one reference swap: a decision sees the old set or the new, never a mix
         self._refused = None
         self.reloads += 1
-        log.info("policies reloaded: version %d, %d policies", loaded.version, loaded.policy_count,
-                 extra={"fields": {"policy_version": loaded.version}})
+        log.info("%s policies reloaded: version %d, %d policies", self.kind, loaded.version, loaded.policy_count,
+                 extra={"fields": {"policy_version": loaded.version, "policy_kind": self.kind}})
         return True
 
     async def watch(self, interval: float = 1.0) -> None:
@@ -284,7 +366,7 @@ class PolicyStore:
                 log.exception("policy reload check failed")
 
 
-DecisionReason = Literal["allowed", "denied_by_policy", "no_policy_permits", "policy_error"]
+DecisionReason = Literal["allowed", "denied_by_policy", "no_policy_permits", "policy_error", "tool_definition_changed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +376,15 @@ class Decision:
     policies: tuple[str, ...] = ()
     errors: tuple[str, ...] = ()
     policy_version: int = 0
+    candidate: Decision | None = None  # A5: what authorization.candidate_policies decided (never enforced)
+
+    def audit_fields(self) -> dict[str, Any]:
+        """The candidate's decision for an audit event (nothing without candidate policies)."""
+        candidate = self.candidate
+        if candidate is None:
+            return {}
+        return {"candidate_decision": "allow" if candidate.allowed else "deny", "candidate_reason": candidate.reason,
+                "candidate_policies": candidate.policies, "candidate_policy_version": candidate.policy_version}
 
 
 class CedarRequest:
@@ -331,11 +422,25 @@ class CedarRequest:
 
 
 class Authorizer:
+    """Decisions for one gateway. Usable offline too (``policy explain``, ``policy test``):
+
+        authorizer = Authorizer(PolicyStore(config.authorization), config.authorization, server_name="mcp")
+        authorizer.catalogue.learn(tools)              # optional: what a tools/list answer said (A1, A2)
+        decision = authorizer.decide(principal, message)   # .allowed, .reason, .policies, .candidate (A5)
+        shown = authorizer.item_check(principal).check_many("tools/list", names)   # Z4 list filtering
+        shown_by_candidate = authorizer.candidate.item_check(principal).check_many(...)  # when configured
+
+    ``candidate`` is an ``Authorizer`` over ``authorization.candidate_policies`` (None when not configured)
+    sharing this one's tool catalogue; its decisions are attached to this one's, never enforced.
+    """
+
     def __init__(self, store: PolicyStore, config: AuthorizationConfig, *, server_name: str,
-                 list_cache_size: int = 100_000, decision_cache_size: int = 50_000):
+                 list_cache_size: int = 100_000, decision_cache_size: int = 50_000,
+                 catalogue: ToolCatalogue | None = None):
         self.store = store
         self.group_claims = tuple(config.group_claims)
         self.server_name = server_name
+        self.deny_changed_tools = config.tool_changes == "deny"  # A2
         # Z4: listing decisions per (principal attributes, policy version, item): a list of hundreds of
         # tools costs hundreds of decisions once, then dictionary look-ups.
         self._list_cache: TTLCache[tuple[Any, ...], bool] = TTLCache(maxsize=list_cache_size, ttl=300)
@@ -349,27 +454,84 @@ class Authorizer:
         # with the same bytes again and again, and the same caller then gets the same filtered bytes.
         # R2: bounded in bytes (16 MiB in all, no entry over 1 MiB; gateway.memo), list answers only.
         self.filtered_lists: ByteBoundedMemo = ByteBoundedMemo()
-        # What the upstream says of its tools (from the tools/list answers relayed): spelling checks today.
-        self.catalogue = ToolCatalogue()
+        # What the upstream says of its tools (from the tools/list answers relayed): spelling checks (I2, M2),
+        # learned attributes (A1) and definition pins (A2).
+        self.catalogue = catalogue if catalogue is not None else ToolCatalogue()  # (an empty one is falsy)
+        if catalogue is None:
+            self.catalogue.deny_changed = self.deny_changed_tools
+        self.pins: PinStore | None = None
+        if config.tool_pins is not None and catalogue is None:
+            try:
+                self.pins = PinStore(config.tool_pins)
+            except PinsError as exc:  # like a broken policy: the start stops, naming the file
+                raise PolicyLoadError([str(exc)]) from exc
+            self.catalogue.set_pins(self.pins.pins)
+        # A5: the candidate set, evaluated beside this one; disagreements counted by method (a metric).
+        self.candidate: Authorizer | None = None
+        self.disagreements: dict[str, int] = {}
+        from gateway.authz.candidates import candidate_config  # (it imports this module)
+
+        candidates = candidate_config(config)
+        if candidates is not None and catalogue is None:
+            self.candidate = Authorizer(PolicyStore(candidates, kind="candidate"), candidates, server_name=server_name,
+                                        list_cache_size=list_cache_size, decision_cache_size=decision_cache_size,
+                                        catalogue=self.catalogue)
+
+    def reload_if_changed(self) -> list[DefinitionChange]:
+        """Z2 for the enforced and candidate policies and the tool pins; returns the pin changes (A2)."""
+        self.store.reload_if_changed()
+        if self.candidate is not None:
+            self.candidate.store.reload_if_changed()
+        pins = self.pins.reload_if_changed() if self.pins is not None else None
+        return self.catalogue.set_pins(pins) if pins is not None else []
+
+    async def watch(self, interval: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.reload_if_changed()
+            except Exception:  # never let the watcher die; the old policies stay
+                log.exception("policy reload check failed")
+
+    def learned(self, target: Mapping[str, str], policies: LoadedPolicies) -> dict[str, Any]:
+        """A1: the learned attributes of a listed tool that some policy reads ({} for anything else)."""
+        if target["type"] != "Tool" or not policies.learned_read:
+            return {}
+        attrs = self.catalogue.attributes(target["id"])
+        if not attrs:
+            return {}
+        return {name: attrs[name] for name in policies.learned_read if name in attrs}
 
     def listing_scope(self, principal: Principal) -> bytes:
         """What list filtering depends on besides the list itself: the caller's attributes and the policies."""
         entity = principal_entity(principal, self.group_claims)
-        return hashlib.sha256(json.dumps([entity, principal.token_type, self.store.current.version], sort_keys=True).encode()).digest()
+        # The catalogue's generation: a list answer learned under other tool attributes (A1) is decided again.
+        said = [entity, principal.token_type, self.store.current.version, self.catalogue.generation]
+        return hashlib.sha256(json.dumps(said, sort_keys=True).encode()).digest()
 
-    def item_check(self, principal: Principal, scope: bytes | None = None) -> Callable[[str, str], bool]:
+    def item_check(self, principal: Principal, scope: bytes | None = None,
+                   report: Callable[[str, list[str], list[str]], None] | None = None) -> Callable[[str, str], bool]:
         """For Z4: may ``principal`` use the item ``name`` that a ``list_method`` answer lists? The check also
         has ``check_many(list_method, names) -> frozenset`` for a whole list: items no policy or static entity
-        tells apart share one decision, all made in one Cedar call (P2, gateway.authz.listing_decisions)."""
-        from gateway.authz.listing_decisions import ListingCheck, analysis_of
+        tells apart share one decision, all made in one Cedar call (P2, gateway.authz.listing_decisions).
 
-        return ListingCheck(self, principal, scope or self.listing_scope(principal))
+        A5: with candidate policies, each whole list is also decided by them; where they would show another
+        set, the items are counted as disagreements and ``report(list_method, only_enforced_shows,
+        only_candidate_shows)`` is called (the endpoint audits it)."""
+        from gateway.authz.listing_decisions import ListingCheck
+
+        check = ListingCheck(self, principal, scope or self.listing_scope(principal))
+        if self.candidate is None or self.candidate.store.current is None:
+            return check
+        from gateway.authz.candidates import CandidateListingCheck
+
+        return CandidateListingCheck(self, check, self.candidate.item_check(principal), report)
 
     def listed_entity(self, target: dict[str, str], policies: LoadedPolicies | None = None) -> dict[str, Any]:
         """The entity ``build`` gives a listed item (``target``, not a Server). List items are grouped by its
         attributes and parents (P2): keep the two in step (tests/test_listing_decisions.py checks them)."""
         policies = policies or self.store.current
-        built = {"uid": target, "attrs": {}, "parents": [uid("Server", self.server_name)]}
+        built = {"uid": target, "attrs": self.learned(target, policies), "parents": [uid("Server", self.server_name)]}
         return merge_entity(policies.static.get((target["type"], target["id"])), built)
 
     def build(self, principal: Principal, message: Message, *, listing: bool = False,
@@ -385,7 +547,8 @@ class Authorizer:
             entities = [merge_entity(policies.static.get(("User", principal.entity_id)), principal_entity(principal, self.group_claims))]
             entities.append(merge_entity(policies.static.get(("Server", self.server_name)), {"uid": server, "attrs": {}, "parents": []}))
             if target["type"] != "Server":
-                built = {"uid": target, "attrs": {}, "parents": [server]}
+                # A1: learned attributes (annotations, title) under the static ones, which win.
+                built = {"uid": target, "attrs": self.learned(target, policies), "parents": [server]}
                 entities.append(merge_entity(policies.static.get((target["type"], target["id"])), built))
             return entities
 
@@ -402,7 +565,9 @@ class Authorizer:
             if len(arguments) + len(target["id"]) + len(action_id) + len(context["method"]) > 128:
                 # The client chooses these lengths: a cache entry stays small (R2). Bytes never equal a tuple.
                 said = hashlib.sha256(json.dumps(said).encode()).digest()
-            key = (policies.version, self._principal_digest(principal), listing, said)
+            # A1: the tool's learned attributes by their stamp (changes when they do).
+            learned = self.catalogue.stamp(target["id"]) if target["type"] == "Tool" else 0
+            key = (policies.version, self._principal_digest(principal), listing, said, learned)
         return CedarRequest(
             principal=uid("User", principal.entity_id),
             action=uid("Action", action_id),
@@ -424,18 +589,53 @@ class Authorizer:
         return digest
 
     def decide(self, principal: Principal, message: Message, *, listing: bool = False) -> Decision:
-        return self.evaluate(self.build(principal, message, listing=listing))
+        return self.decide_all(principal, [message], listing=listing)[0]
 
     def evaluate(self, request: CedarRequest) -> Decision:
         return self.evaluate_all([request])[0]
 
-    def decide_all(self, principal: Principal, messages: list[Message]) -> list[Decision]:
+    def decide_all(self, principal: Principal, messages: list[Message], *, listing: bool = False) -> list[Decision]:
         """One decision per message, the fresh ones made in a single Cedar call (R4: a batch of 50 distinct
-        calls holds the loop for about a millisecond, not one Cedar call's overhead per message)."""
-        requests = [self.build(principal, message) for message in messages]
+        calls holds the loop for about a millisecond, not one Cedar call's overhead per message).
+
+        A2: with ``authorization.tool_changes: deny``, a tools/call of a tool whose definition changed is
+        refused whatever the policies say. A5: each decision carries the candidate set's (``candidate``)."""
+        decisions = self._policy_decisions(principal, messages, listing)
+        candidate = self.candidate
+        if candidate is not None and candidate.store.current is not None:
+            try:
+                others = candidate._policy_decisions(principal, messages, listing)
+            except Exception:  # noqa: BLE001 - the candidate set must never change what is enforced
+                log.exception("candidate policies failed to decide; enforcement is unaffected")
+            else:
+                decisions = [self._with_candidate(message, decision, other)
+                             for message, decision, other in zip(messages, decisions, others, strict=True)]
+        if self.deny_changed_tools:
+            decisions = [self._pinned(message, decision) for message, decision in zip(messages, decisions, strict=True)]
+        return decisions
+
+    def _policy_decisions(self, principal: Principal, messages: list[Message], listing: bool) -> list[Decision]:
+        requests = [self.build(principal, message, listing=listing) for message in messages]
         if len(requests) > 1 and not self._batch_is_safe():
             return [self.evaluate_all([request])[0] for request in requests]
         return self.evaluate_all(requests)
+
+    def _with_candidate(self, message: Message, decision: Decision, candidate: Decision) -> Decision:
+        if candidate.allowed != decision.allowed:
+            self.count_disagreement(message.method or "")
+        return replace(decision, candidate=candidate)
+
+    def count_disagreement(self, method: str, count: int = 1) -> None:
+        from gateway.authz.candidates import KNOWN_METHODS
+
+        label = method if method in KNOWN_METHODS else "other"  # a bounded label (gateway.authz.candidates)
+        self.disagreements[label] = self.disagreements.get(label, 0) + count
+
+    def _pinned(self, message: Message, decision: Decision) -> Decision:
+        if message.method != "tools/call" or message.name is None or not self.catalogue.is_changed(message.name):
+            return decision
+        return Decision(False, "tool_definition_changed", policy_version=decision.policy_version,
+                        candidate=decision.candidate)
 
     def _batch_is_safe(self) -> bool:
         """Whether a batch may be decided in one Cedar call. That call sees the union of the requests'
@@ -445,7 +645,8 @@ class Authorizer:
         from gateway.authz.listing_decisions import analysis_of  # (it imports this module)
 
         analysis = analysis_of(self, self.store.current)
-        return analysis is not None and not (analysis.observed - {"User", "Server"})
+        # Action entities are in the base set (A3), the same in every evaluation: reading them is safe too.
+        return analysis is not None and not (analysis.observed - {"User", "Server", "Action"})
 
     def evaluate_all(self, requests: list[CedarRequest]) -> list[Decision]:
         policies = self.store.current
@@ -489,8 +690,7 @@ class Authorizer:
 
     def _evaluate(self, policies: LoadedPolicies, request: CedarRequest, delta: str) -> Decision:
         try:
-            # Cloning a base entity set costs more than parsing a few entities (bench/run.py measures it),
-            # so the base handle is used only when entities.json gave one.
+            # The base set always holds the Action entities (A3); cloning it costs a few µs.
             entities = policies.base_entities.with_added_json_str(delta) if policies.base_entities is not None else delta
             result = cedarpy.is_authorized(request.as_request(), policies.policy_set, entities)
         except Exception as exc:  # fail closed on anything cedarpy raises

@@ -11,8 +11,9 @@ told apart by
   ``[Tool::"a"].contains(resource)``, a template link's value), compared with ``==`` / ``in`` / ``contains``;
 - the entity data: a static entity from ``authorization.entities`` that *is* the item (its attributes and
   parents), or that names it (as a parent, inside an attribute or a tag);
-- the attributes and parents the request gives the item's entity (``Authorizer.listed_entity``; learned
-  tool annotations will land there).
+- the attributes and parents the request gives the item's entity (``Authorizer.listed_entity``: with
+  the tool annotations and titles learned from the upstream (A1) that some policy reads, so items whose
+  learned attributes differ fall into different groups; a named item's cache key has its learned stamp).
 
 Everything else in the request (principal, action, context) is the same for every item of one list.
 
@@ -253,8 +254,9 @@ def allowed_items(authorizer: Authorizer, principal: Principal, principal_key: b
     cache = authorizer._list_cache
     version = policies.version
     allowed: set[str] = set()
+    learned = authorizer.catalogue.stamp if kind == "Tool" else _no_stamp  # A1: attributes learned per tool
     for name in singles:
-        key = (principal_key, version, list_method, name)
+        key = (principal_key, version, list_method, name, learned(name))
         verdict = cache.get(key)
         if verdict is None:
             (alone if isolate else together).append((key, [name], request_for(name)))
@@ -283,6 +285,10 @@ def allowed_items(authorizer: Authorizer, principal: Principal, principal_key: b
             if decision.allowed:
                 allowed.update(members)
     return frozenset(allowed)
+
+
+def _no_stamp(name: str) -> int:
+    return 0
 
 
 _warned: set[int] = set()
@@ -331,7 +337,8 @@ class ListingCheck:
         self._key = principal_key
 
     def __call__(self, list_method: str, name: str) -> bool:
-        key = (self._key, self._authorizer.store.current.version, list_method, name)
+        stamp = self._authorizer.catalogue.stamp(name) if list_method == "tools/list" else 0  # A1
+        key = (self._key, self._authorizer.store.current.version, list_method, name, stamp)
         verdict = self._authorizer._list_cache.get(key)
         if verdict is None:
             verdict = name in self.check_many(list_method, (name,))

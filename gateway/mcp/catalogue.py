@@ -17,13 +17,32 @@ Annotations are validated as the specification says (a token name, unique withou
 integer, string or boolean property reachable through ``properties`` alone); a tool with an invalid one is
 logged and its headers are not checked (conforming clients drop such a tool from their list).
 
+Per tool too, for policies (A1): its ``annotations`` hints (``readOnlyHint``, ``destructiveHint``,
+``idempotentHint``, ``openWorldHint``, booleans only) and its ``title``, which ``Authorizer`` puts on the
+``Tool`` entity. A tool never listed has none of them. Each tool has a *stamp* that changes when these do,
+so a cached decision made under other attributes is never reused, and the catalogue a *generation* that
+steps when a known tool's attributes change (list memos key on it).
+
+And its definition (A2): description, inputSchema, outputSchema and annotations. The first definition seen
+is the accepted one, unless the pins file (``authorization.tool_pins``) names the tool; a listing with
+another definition is a change: logged (which parts, both digests, the command that accepts it), returned
+to the caller (the endpoint audits it), counted, and with ``tool_changes: deny`` its calls are refused.
+A tool listed again unchanged costs one ``==``; digests are made only for tools that changed or are
+pinned by file. ``==`` equates ``1``, ``1.0`` and ``true``: such a respelling is not seen as a change
+(learned hints keep booleans only, so a ``readOnlyHint`` respelled ``1`` keeps its first reading).
+
 The catalogue is as trustworthy as the upstream (it is the upstream's own description). It is bounded:
-at most ``MAX_TOOLS`` tools of at most ``MAX_PROPERTIES`` properties each; a tool listed again replaces
-its entry, and one never listed is not checked.
+at most ``MAX_TOOLS`` tools of at most ``MAX_PROPERTIES`` properties each, each held as the upstream listed
+it (so within ``upstream.max_list_bytes``); a tool listed again replaces its entry, and one never listed
+is not checked. Past ``MAX_TOOLS`` the tool listed longest ago is forgotten, its accepted digest kept (at
+most ``MAX_FORGOTTEN_PINS``) so that flooding the list cannot reset a pin.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
 import logging
 import re
 from collections import OrderedDict
@@ -118,30 +137,212 @@ def facts_of(name: str, schema: Any) -> ToolFacts:
     return ToolFacts(spellings, headers)
 
 
+# A1: the annotation hints a policy may read (booleans only; any other value is not learned).
+HINTS = ("readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint")
+# A2: what a tool's definition is: what a client shows its model and what it sends. ``name`` is the key.
+DEFINITION_PARTS = ("description", "inputSchema", "outputSchema", "annotations")
+UNREADABLE = "unreadable"  # the pin of a tool whose definition could not be compared: never matches
+MAX_FORGOTTEN_PINS = 50_000  # digests of tools evicted past MAX_TOOLS, kept so a flood cannot reset a pin
+
+
+def learned_attributes(tool: Mapping[str, Any]) -> dict[str, Any]:
+    """A1: the attributes a listed tool gives its ``Tool`` entity: ``annotations`` (a record of the boolean
+    hints the upstream sent, ``{}`` when none) and ``title`` (the tool's ``title``, else ``annotations.title``,
+    when a string)."""
+    annotations = tool.get("annotations")
+    if not isinstance(annotations, Mapping):
+        annotations = {}
+    attrs: dict[str, Any] = {"annotations": {hint: value for hint in HINTS if type(value := annotations.get(hint)) is bool}}
+    title = tool.get("title")
+    if not isinstance(title, str):
+        title = annotations.get("title")
+    if isinstance(title, str):
+        attrs["title"] = title
+    return attrs
+
+
+def definition_of(tool: Mapping[str, Any]) -> dict[str, Any]:
+    return {part: tool[part] for part in DEFINITION_PARTS if part in tool}
+
+
+def definition_digest(tool: Mapping[str, Any]) -> str:
+    """A2: ``sha256:<hex>`` of the canonical JSON (sorted keys, no spaces, UTF-8) of the tool's description,
+    inputSchema, outputSchema and annotations (absent parts left out). ``mcp-auth-gateway pins`` writes these."""
+    canonical = json.dumps(definition_of(tool), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class DefinitionChange:
+    """A2: a tool listed with another definition than the one accepted for it."""
+
+    tool: str
+    parts: tuple[str, ...]  # which of DEFINITION_PARTS differ from the previous listing
+    digest: str  # the definition now listed
+    accepted: str  # the accepted (pinned) one: from the pins file, else as first seen
+    changed: bool  # False: the tool is back to its accepted definition
+
+
+class _Entry:
+    """One tool as last listed. ``facts`` and ``attrs`` are made on first use (P2: learning a cold list of
+    5,000 tools is one assignment per tool); ``pin`` is None while the definition is the one first seen."""
+
+    __slots__ = ("listed", "facts", "attrs", "stamp", "pin", "changed")
+
+    def __init__(self, listed: Mapping[str, Any], stamp: int, pin: str | None = None, changed: bool = False):
+        self.listed = listed
+        self.facts: ToolFacts | None = None
+        self.attrs: dict[str, Any] | None = None
+        self.stamp = stamp
+        self.pin = pin
+        self.changed = changed
+
+    def learned(self) -> dict[str, Any]:
+        if self.attrs is None:
+            self.attrs = learned_attributes(self.listed)
+        return self.attrs
+
+
 class ToolCatalogue:
+    """What the upstream's ``tools/list`` answers said of each tool, the latest answer per tool winning
+    (a list page replaces the entries of the tools it lists; the others are kept)."""
+
     def __init__(self, *, max_tools: int = MAX_TOOLS):
         self._max = max_tools
-        # tool name -> its inputSchema as listed, or the facts made of it on the tool's first call: learning
-        # is one assignment per tool (P2: a cold list of 5,000 tools), the work is done for tools called.
-        self._tools: OrderedDict[str, ToolFacts | Any] = OrderedDict()
+        self._tools: OrderedDict[str, _Entry] = OrderedDict()
+        self._stamps = itertools.count(1)
+        self.generation = 0  # +1 whenever a known tool's learned attributes change (list memos key on it)
+        self.pins: Mapping[str, str] = {}  # A2: tool name -> accepted digest, from authorization.tool_pins
+        self._forgotten: OrderedDict[str, str] = OrderedDict()  # pins of evicted tools (bounded)
+        self.changes_seen = 0  # A2: definition changes seen (a metric)
+        self.deny_changed = False  # authorization.tool_changes: deny (only changes the log's wording)
 
-    def learn(self, tools: Iterable[Any]) -> None:
-        """Record the tools of one ``tools/list`` answer (a page: other tools are kept)."""
+    def learn(self, tools: Iterable[Any]) -> list[DefinitionChange]:
+        """Record the tools of one ``tools/list`` answer; returns the definition changes it shows (A2)."""
         entries = self._tools
+        changes: list[DefinitionChange] = []
         for tool in tools:
             name = tool.get("name") if isinstance(tool, Mapping) else None
-            if isinstance(name, str):
-                entries[name] = tool.get("inputSchema")
+            if not isinstance(name, str):
+                continue
+            entry = entries.get(name)
+            try:
+                if entry is None:
+                    # No generation step: nothing was decided with this tool's attributes before it was seen.
+                    entries[name] = self._first_sight(name, tool, changes)
+                    continue
                 entries.move_to_end(name)
+                if entry.listed == tool:  # the common case: listed again unchanged (see the module docstring)
+                    continue
+                self._relisted(name, entry, tool, changes)
+            except (RecursionError, ValueError, TypeError) as exc:
+                # Nested too deeply to compare or digest: fail closed, as a changed definition.
+                log.warning("tool %r: its definition cannot be compared (%s); treated as changed", name[:80], type(exc).__name__)
+                entries[name] = _Entry(tool, next(self._stamps), UNREADABLE, True)
+                self.generation += 1
         while len(entries) > self._max:
-            entries.popitem(last=False)
+            self._forget(*entries.popitem(last=False))
+        return changes
+
+    def _first_sight(self, name: str, tool: Mapping[str, Any], changes: list[DefinitionChange]) -> _Entry:
+        accepted = self.pins.get(name) or self._forgotten.pop(name, None)
+        if accepted is None:
+            return _Entry(tool, next(self._stamps))
+        digest = definition_digest(tool)
+        entry = _Entry(tool, next(self._stamps), accepted, digest != accepted)
+        if entry.changed:
+            self._report(DefinitionChange(name, (), digest, accepted, True), changes)
+        return entry
+
+    def _relisted(self, name: str, entry: _Entry, tool: Mapping[str, Any], changes: list[DefinitionChange]) -> None:
+        old = entry.listed
+        parts = tuple(part for part in DEFINITION_PARTS if old.get(part) != tool.get(part))
+        if parts:
+            accepted = entry.pin or definition_digest(old)
+            digest = definition_digest(tool)
+            if digest != definition_digest(old):  # (== also differs for NaN, which the digest keeps equal)
+                was_changed, entry.pin = entry.changed, accepted
+                entry.changed = digest != accepted
+                if entry.changed or was_changed:
+                    self._report(DefinitionChange(name, parts, digest, accepted, entry.changed), changes)
+        before = entry.learned()
+        entry.listed, entry.facts, entry.attrs = tool, None, None
+        if entry.learned() != before:
+            entry.stamp = next(self._stamps)
+            self.generation += 1
+
+    def _forget(self, name: str, entry: _Entry) -> None:
+        try:
+            self._forgotten[name] = entry.pin or definition_digest(entry.listed)
+        except (RecursionError, ValueError, TypeError):
+            self._forgotten[name] = UNREADABLE
+        while len(self._forgotten) > MAX_FORGOTTEN_PINS:
+            self._forgotten.popitem(last=False)
+
+    def _report(self, change: DefinitionChange, changes: list[DefinitionChange]) -> None:
+        changes.append(change)
+        name = change.tool[:80]
+        if not change.changed:
+            log.warning("tool %r is listed with its accepted definition again (%s)", name, change.digest,
+                        extra={"fields": {"tool": name, "digest": change.digest}})
+            return
+        self.changes_seen += 1
+        what = ", ".join(change.parts) if change.parts else "its definition differs from the pinned one"
+        consequence = ("calls to it are refused (authorization.tool_changes: deny) until it is accepted"
+                       if self.deny_changed else "calls to it are still allowed (authorization.tool_changes: warn)")
+        # The name is the upstream's: it goes into the suggested command only when it is plain and whole.
+        plain = change.tool == name and re.fullmatch(r"[A-Za-z0-9_.:/-]+", change.tool) is not None
+        command = f"--tool '{change.tool}={change.digest}'" if plain else "--tools-list FILE (a reviewed tools/list answer)"
+        log.warning("tool %r changed its definition (%s): listed %s, accepted %s; %s: "
+                    "mcp-auth-gateway pins accept %s", name, what, change.digest, change.accepted, consequence, command,
+                    extra={"fields": {"tool": name, "changed_parts": list(change.parts), "digest": change.digest,
+                                      "accepted_digest": change.accepted}})
+
+    def set_pins(self, pins: Mapping[str, str]) -> list[DefinitionChange]:
+        """A2: a new pins file. Tools it names are judged against it now; the others keep their state."""
+        self.pins = pins
+        changes: list[DefinitionChange] = []
+        for name, accepted in pins.items():
+            entry = self._tools.get(name)
+            if entry is None:
+                if name in self._forgotten:
+                    self._forgotten[name] = accepted
+                continue
+            try:
+                digest = definition_digest(entry.listed)
+            except (RecursionError, ValueError, TypeError):
+                digest = UNREADABLE  # never equal to a pin: fail closed
+            was_changed, entry.pin, entry.changed = entry.changed, accepted, digest != accepted
+            if entry.changed != was_changed:
+                self._report(DefinitionChange(name, (), digest, accepted, entry.changed), changes)
+        return changes
+
+    def is_changed(self, tool: str) -> bool:
+        """A2: whether the tool is listed with another definition than the accepted one."""
+        entry = self._tools.get(tool)
+        return entry is not None and entry.changed
+
+    def attributes(self, tool: str) -> dict[str, Any] | None:
+        """A1: the learned attributes of a listed tool (do not change them), None for one never listed."""
+        entry = self._tools.get(tool)
+        return entry.learned() if entry is not None else None
+
+    def stamp(self, tool: str) -> int:
+        """Changes whenever the tool's learned attributes do (0: never listed): decision caches key on it."""
+        entry = self._tools.get(tool)
+        return entry.stamp if entry is not None else 0
+
+    def digests(self) -> dict[str, str]:
+        """A2: each known tool's current definition digest (for ``pins accept``)."""
+        return {name: definition_digest(entry.listed) for name, entry in self._tools.items() if entry.pin != UNREADABLE}
 
     def facts(self, tool: str) -> ToolFacts | None:
         entry = self._tools.get(tool)
-        if entry is None or isinstance(entry, ToolFacts):
-            return entry
-        facts = self._tools[tool] = facts_of(tool, entry)
-        return facts
+        if entry is None:
+            return None
+        if entry.facts is None:
+            entry.facts = facts_of(tool, entry.listed.get("inputSchema"))
+        return entry.facts
 
     def check_call(self, tool: str, arguments: Mapping[str, Any], request_headers: Mapping[str, str]) -> None:
         """I2 and M2 for one ``tools/call``; raises ``MalformedMessage``."""

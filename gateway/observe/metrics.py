@@ -73,10 +73,11 @@ class Children:
 class StateCollector(Collector):
     """Reads counters kept by the parts themselves (key cache, introspection, policy store) at scrape time."""
 
-    def __init__(self, *, jwks, introspector, policies, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, *, jwks, introspector, policies, authorizer=None, clock: Callable[[], float] = time.monotonic):
         self.jwks = jwks
         self.introspector = introspector
         self.policies = policies
+        self.authorizer = authorizer
         self.clock = clock
 
     def collect(self) -> Iterable:
@@ -98,6 +99,30 @@ class StateCollector(Collector):
         reloads = CounterMetricFamily(f"{PREFIX}_policy_reloads", "Policy reloads by result.", labels=["result"])
         reloads.add_metric(["applied"], self.policies.reloads)
         reloads.add_metric(["refused"], self.policies.failed_reloads)
+        yield reloads
+        if self.authorizer is not None:
+            yield from self._authoring(self.authorizer)
+
+    @staticmethod
+    def _authoring(authorizer) -> Iterable:
+        """A2 and A5: tool definition changes, and where the candidate policies disagree."""
+        catalogue = authorizer.catalogue
+        yield CounterMetricFamily(f"{PREFIX}_tool_definition_changes", "Tool definitions listed differently from "
+                                  "the accepted (pinned) one (A2).", value=catalogue.changes_seen)
+        candidate = authorizer.candidate
+        if candidate is None:
+            return
+        disagreements = CounterMetricFamily(f"{PREFIX}_candidate_disagreements", "Decisions (list items included) "
+                                            "where authorization.candidate_policies decided otherwise, by method (A5).",
+                                            labels=["method"])
+        for method, count in sorted(authorizer.disagreements.items()):
+            disagreements.add_metric([method], count)
+        yield disagreements
+        yield GaugeMetricFamily(f"{PREFIX}_candidate_policy_version", "Version of the candidate policy set "
+                                "(0: none loaded).", value=candidate.store.current.version if candidate.store.current else 0)
+        reloads = CounterMetricFamily(f"{PREFIX}_candidate_policy_reloads", "Candidate policy loads by result.", labels=["result"])
+        reloads.add_metric(["applied"], candidate.store.reloads)
+        reloads.add_metric(["refused"], candidate.store.failed_reloads)
         yield reloads
 
 
