@@ -203,7 +203,7 @@ class McpEndpoint:
             check_client_headers(request.headers)  # I4
             state.origin = self.origins.check(request.headers.get("Origin"))  # E1
             if request.method == "OPTIONS":
-                return self._preflight(state.origin)
+                return self._preflight(state.origin, request.headers.get("Access-Control-Request-Headers"))
             if request.method not in MCP_METHODS:
                 raise MethodNotAllowed("method_not_allowed", request.method, allowed=MCP_METHODS)
             state.stage = "credentials"
@@ -342,8 +342,9 @@ class McpEndpoint:
             response.headers.update(OriginPolicy.response_headers(state.origin))
         return response
 
-    def _preflight(self, origin: str | None) -> web.Response:
-        headers = OriginPolicy.preflight_headers(origin) if origin else {"Allow": ", ".join(MCP_METHODS)}
+    def _preflight(self, origin: str | None, requested: str | None) -> web.Response:
+        headers = (OriginPolicy.preflight_headers(origin, requested) if origin
+                   else {"Allow": ", ".join(MCP_METHODS)})
         return web.Response(status=204, headers=headers)
 
     async def _forward(self, request: web.Request, body: bytes | None, state: _RequestState) -> web.StreamResponse:

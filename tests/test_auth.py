@@ -619,3 +619,17 @@ def test_t3_client_id_is_read_from_each_providers_claim(claim):
 
     claims = {"iss": "https://idp", "sub": "alice", claim: "the-client"}
     assert principal_from_claims(claims, token_type="jwt").client_id == "the-client"
+
+
+async def test_e1_m2_preflight_allows_the_mcp_param_headers_the_browser_asks_for(browser_gateway):
+    """A browser calling a tool with an x-mcp-header parameter sends Mcp-Param-{Name}: its preflight must pass.
+    Only names the gateway would forward (I5) are echoed, never another header the page asks for."""
+    response = await browser_gateway.options("/mcp", headers={
+        "Origin": "https://app.example.com", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type, mcp-param-region, Mcp-Param-Table-Name, mcp-param-a_b, "
+                                          "x-forwarded-user, mcp-param-region"})
+    assert response.status == 204
+    allowed = [name.strip() for name in response.headers["Access-Control-Allow-Headers"].split(",")]
+    assert "mcp-param-region" in allowed and "mcp-param-table-name" in allowed
+    assert allowed.count("mcp-param-region") == 1
+    assert "mcp-param-a_b" not in allowed and "x-forwarded-user" not in allowed

@@ -8,6 +8,7 @@ in browsers must read.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from gateway.errors import Forbidden
@@ -17,6 +18,10 @@ ALLOWED_REQUEST_HEADERS = (
     "Authorization, Content-Type, Accept, Mcp-Session-Id, MCP-Protocol-Version, Last-Event-ID, Mcp-Method, Mcp-Name, DPoP"
 )
 EXPOSED_HEADERS = "WWW-Authenticate, Mcp-Session-Id, MCP-Protocol-Version, DPoP-Nonce"
+# M2: a tool's x-mcp-header parameters travel as Mcp-Param-{Name}; a browser asks for each by name in its
+# preflight. Echo only names the gateway would forward (I5: letters, digits, '-'), at most a few.
+_PARAM_HEADER = re.compile(r"mcp-param-[a-z0-9-]{1,64}")
+MAX_PARAM_HEADERS = 32
 
 
 class OriginPolicy:
@@ -42,10 +47,19 @@ class OriginPolicy:
         }
 
     @classmethod
-    def preflight_headers(cls, origin: str) -> dict[str, str]:
+    def preflight_headers(cls, origin: str, requested: str | None = None) -> dict[str, str]:
         return {
             **cls.response_headers(origin),
             "Access-Control-Allow-Methods": ALLOWED_METHODS,
-            "Access-Control-Allow-Headers": ALLOWED_REQUEST_HEADERS,
+            "Access-Control-Allow-Headers": ALLOWED_REQUEST_HEADERS + param_headers(requested),
             "Access-Control-Max-Age": "600",
         }
+
+
+def param_headers(requested: str | None) -> str:
+    """M2: the ``Mcp-Param-*`` names of a preflight's ``Access-Control-Request-Headers``, as ``, a, b``."""
+    if not requested:
+        return ""
+    names = [name.strip().lower() for name in requested.split(",", MAX_PARAM_HEADERS * 4)]
+    wanted = dict.fromkeys(name for name in names if _PARAM_HEADER.fullmatch(name))
+    return "".join(", " + name for name in list(wanted)[:MAX_PARAM_HEADERS])
