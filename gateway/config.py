@@ -903,11 +903,18 @@ def _audit(s: _Section) -> AuditConfig:
     return AuditConfig(enabled=s.take_bool("enabled", True), file=s.take_path("file"))
 
 
-def parse_config(data: Any, *, source: str = "<config>", base_dir: Path | None = None) -> Config:
-    """Build the configuration from parsed YAML. Raises ``ConfigError`` listing every problem."""
+REQUIRED_SECTIONS = ("server", "upstream", "auth", "authorization")
+
+
+def parse_config(data: Any, *, source: str = "<config>", base_dir: Path | None = None,
+                 reader: type[_Section] = _Section) -> Config:
+    """Build the configuration from parsed YAML. Raises ``ConfigError`` listing every problem.
+
+    ``reader``: the section class that reads the keys; gateway.config_schema passes one that records every
+    key read, to generate the JSON Schema from this loader (O5)."""
     problems = _Problems(source)
-    top = _Section(data, "", problems, base_dir or Path.cwd())
-    for required in ("server", "upstream", "auth", "authorization"):
+    top = reader(data, "", problems, base_dir or Path.cwd())
+    for required in REQUIRED_SECTIONS:
         if not top.has(required):
             problems.error(required, "required section is missing")
     config = Config(
