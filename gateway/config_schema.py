@@ -348,7 +348,6 @@ def generate_schema() -> dict[str, Any]:
     body = _Generator().section(())
     return {
         "$schema": DIALECT,
-        "$id": "https://github.com/mcp-auth-gateway/mcp-auth-gateway/docs/gateway.schema.json",
         "title": "mcp-auth-gateway configuration (gateway.yaml)",
         "description": "Generated from gateway/config.py by `mcp-auth-gateway config schema`; every key is described in "
                        "docs/configuration.md. `mcp-auth-gateway validate` checks what a schema cannot: files, keys "
