@@ -682,10 +682,13 @@ PROMTOOL_TESTS = {
                     {"exp_labels": {"severity": "warning", "namespace": "tickets"}}]},
             ],
         },
-        {   # Keys not refreshed for over two hours: stale.
+        {   # Keys not refreshed for over two hours while requests come in: stale. The idle gateway's are not.
             "interval": "1m",
             "input_series": [
                 {"series": 'mcp_gateway_jwks_age_seconds{issuer="https://idp.example.com", namespace="tickets"}', "values": "7000+60x20"},
+                {"series": 'mcp_gateway_requests_total{outcome="forwarded", status="200", namespace="tickets"}', "values": "0+60x20"},
+                {"series": 'mcp_gateway_jwks_age_seconds{issuer="https://idp.example.com", namespace="idle"}', "values": "7000+60x20"},
+                {"series": 'mcp_gateway_requests_total{outcome="forwarded", status="200", namespace="idle"}', "values": "5x20"},
             ],
             "alert_rule_test": [
                 {"eval_time": "2m", "alertname": "McpGatewayJwksStale", "exp_alerts": []},
