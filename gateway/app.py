@@ -246,6 +246,10 @@ async def start_admin_listener(gateway: Gateway) -> web.AppRunner | None:
     await runner.setup()
     try:
         await GuardedSite(runner, server.host, server.admin_port, guard).start()  # no SO_REUSEPORT: one owner
+    except OSError as exc:
+        log.error("cannot listen on %s:%d for the admin listener (server.admin_port): %s", server.host, server.admin_port, exc.strerror)
+        await runner.cleanup()
+        raise
     except BaseException:
         await runner.cleanup()
         raise

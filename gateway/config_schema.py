@@ -261,8 +261,7 @@ class _Generator:
     def section(self, path: tuple[str, ...]) -> dict[str, Any]:
         keys = self.all_keys(path)
         children = self.children(path)
-        # Required on every branch; a key required on one branch only is in that branch's rule.
-        base_required = set(self.base.sections.get(path, _SectionRecord()).required)
+        base_required = self.always_required(path)
         properties: dict[str, Any] = {}
         for key, spec in keys.items():
             if spec.kind == "secret":
@@ -288,7 +287,7 @@ class _Generator:
             properties.setdefault(key, schema)
         schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
         required = [k for k in self.base.sections.get(path, _SectionRecord()).required
-                    if k in properties and keys[k].kind != "secret"]  # a secret: its key or its file (secret_rules)
+                    if k in base_required and keys[k].kind != "secret"]  # a secret: its key or its file (secret_rules)
         required += [k for k, spec in keys.items() if spec.kind == "sections" and "minItems" in EXTRA.get((*path, k), {})]
         if required:
             schema["required"] = list(dict.fromkeys(required))
@@ -297,6 +296,15 @@ class _Generator:
         if rules:
             schema["allOf"] = rules
         return schema
+
+    def always_required(self, path: tuple[str, ...]) -> set[str]:
+        """Keys required on every branch of every choice in this section; the others are in branch rules."""
+        required = set(self.base.sections.get(path, _SectionRecord()).required)
+        for (where, _), books in self.branches.items():
+            if where == path:
+                for book in books.values():
+                    required &= set(book.sections.get(path, _SectionRecord()).required)
+        return required
 
     @staticmethod
     def secret_rules(key: str, spec: _Key, required: bool) -> list[dict[str, Any]]:
@@ -323,8 +331,8 @@ class _Generator:
             absent = sorted(union - set(self.expand(record.keys)))
             if absent:
                 then["properties"] = {name: False for name in absent}
-            base_required = set(self.base.sections.get(path, _SectionRecord()).required)
-            extra_required = [k for k in record.required if k not in base_required]
+            always = self.always_required(path)
+            extra_required = [k for k in record.required if k not in always]
             requirements = [self.requirement(k, record.keys[k]) for k in extra_required]
             if requirements:
                 then["allOf"] = requirements

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import time
 
 import aiohttp
@@ -188,3 +189,11 @@ def test_O1_admin_port_defaults_to_9090(policies_dir):
     data = {"server": {"public_url": RESOURCE}, "upstream": {"url": "http://127.0.0.1:3000/mcp"},
             "auth": {"issuers": [{"issuer": "https://idp.example.com"}]}, "authorization": {"policies": str(policies_dir)}}
     assert parse_config(data).server.admin_port == 9090
+
+
+async def test_O1_an_admin_port_in_use_stops_the_start_naming_the_key(serve_gateway, upstream):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))  # bound, not listening: the gateway cannot bind it, probes are refused
+        with pytest.raises(AssertionError, match="did not become ready") as failure:
+            await serve_gateway(upstream.url, server={"admin_port": busy.getsockname()[1]})
+    assert "admin listener (server.admin_port)" in str(failure.value)
