@@ -39,7 +39,8 @@ browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; } || \
 		{ echo "the browser interop test needs chromium (Debian: apt-get install chromium)"; exit 1; }
 
-# Linters and scanners for deploy/ live in their own environment so they never pin the gateway's packages.
+# Linters and scanners for deploy/ live in their own environment so they never pin the gateway's packages;
+# kubectl renders the manifests and promtool (Debian's prometheus package) checks the alerting rules.
 $(TOOLS_STAMP): deploy/requirements-tools.txt
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/python -m pip install --quiet --upgrade pip
@@ -48,7 +49,10 @@ $(TOOLS_STAMP): deploy/requirements-tools.txt
 		{ echo "the deployment tests need kubectl (Debian: apt-get install kubernetes-client)"; exit 1; }
 	@touch $@
 
+# Checked on every run, not behind the stamp, so a checkout whose tools were installed before it still gets it.
 tools: $(TOOLS_STAMP)
+	@command -v promtool >/dev/null || { apt-get update -qq && apt-get install -y -qq prometheus; } || \
+		{ echo "the alerting-rule tests need promtool (Debian: apt-get install prometheus)"; exit 1; }
 
 run: venv
 	$(VENV)/bin/mcp-auth-gateway demo

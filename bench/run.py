@@ -825,6 +825,8 @@ def main() -> None:
 
         def gateway_config(port: int, workers: int | None = None) -> Path:
             server: dict = {"host": "127.0.0.1", "port": port, "public_url": f"http://127.0.0.1:{port}/mcp"}
+            if "admin_port" in config_fields():
+                server["admin_port"] = 0  # one port per gateway, as before O1 (several run side by side)
             if workers is not None:
                 server["workers"] = workers
                 if "session_key_file" in config_fields():

@@ -346,6 +346,7 @@ def gateway_config(*, port: int, upstream_port: int, issuer_url: str, policies: 
             "header_timeout": f"{settings.header_timeout:g}s", "body_timeout": f"{settings.body_timeout:g}s",
             "keepalive_timeout": f"{settings.keepalive_timeout:g}s", "shutdown_grace": f"{settings.shutdown_grace:g}s",
             "max_body_bytes": settings.max_body_bytes,
+            "admin_port": 0,  # /readyz and /metrics on the gateway's one port, where the soak reads them (O1)
         },
         "upstream": {"url": f"http://{LOOPBACK}:{upstream_port}/mcp", "connect_timeout": "2s", "response_timeout": "30s"},
         "auth": {

@@ -214,9 +214,8 @@ class Gateway:
             # Request bodies are never decompressed (Content-Encoding is refused at the edge, 415).
             handler_args={"max_field_size": 16 * 1024, "auto_decompress": False},
         )
-        app.router.add_get("/healthz", healthz, allow_head=True)
-        app.router.add_get("/readyz", readyz_handler(self.readiness), allow_head=True)
-        app.router.add_get("/metrics", metrics_handler(self.metrics))
+        if self.config.server.admin_port == 0:  # O1: no admin listener, so the probes live here
+            add_admin_routes(app, self)
         add_metadata_routes(app, self.config)
         if self.public_keys:
             add_jwks_route(app, jwks_document(self.public_keys))  # O6
@@ -267,6 +266,51 @@ class Gateway:
                 await asyncio.to_thread(self.tracing.shutdown)  # O2: queued spans are exported, not lost
 
 
+# ---- O1: the admin listener ------------------------------------------------------------------------
+# Probes and metrics on their own port (server.admin_port): they answer while the main listener is at
+# server.max_connections or busy with slow clients, and an ingress that routes to the main port never
+# exposes /metrics. The admin listener has its own small connection cap and the same header timeout.
+
+ADMIN_MAX_CONNECTIONS = 64
+
+
+def add_admin_routes(app: web.Application, gateway: Gateway) -> None:
+    app.router.add_get("/healthz", healthz, allow_head=True)
+    app.router.add_get("/readyz", readyz_handler(gateway.readiness), allow_head=True)
+    app.router.add_get("/metrics", metrics_handler(gateway.metrics))
+
+
+def create_admin_app(gateway: Gateway, guard: ConnectionGuard) -> web.Application:
+    app = web.Application(middlewares=[guard.middleware, observe_requests], client_max_size=1024,
+                          handler_args={"max_field_size": 8 * 1024, "auto_decompress": False})
+    add_admin_routes(app, gateway)
+    app.on_response_prepare.append(name_the_server)
+    app.on_response_prepare.append(add_request_id_header)
+    return app
+
+
+async def start_admin_listener(gateway: Gateway) -> web.AppRunner | None:
+    """Serve /healthz, /readyz and /metrics on ``server.host``:``server.admin_port``; None when it is 0."""
+    server = gateway.config.server
+    if server.admin_port == 0:
+        return None
+    guard = ConnectionGuard(header_timeout=server.header_timeout, max_connections=ADMIN_MAX_CONNECTIONS)
+    runner = web.AppRunner(create_admin_app(gateway, guard), access_log=None, handler_cancellation=True,
+                           keepalive_timeout=server.keepalive_timeout, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        await GuardedSite(runner, server.host, server.admin_port, guard).start()  # no SO_REUSEPORT: one owner
+    except OSError as exc:
+        log.error("cannot listen on %s:%d for the admin listener (server.admin_port): %s", server.host, server.admin_port, exc.strerror)
+        await runner.cleanup()
+        raise
+    except BaseException:
+        await runner.cleanup()
+        raise
+    log.info("admin listener (/healthz, /readyz, /metrics) on http://%s:%d", server.host, server.admin_port)
+    return runner
+
+
 def run(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run(main)``, on uvloop when it is installed (P1: its loop costs less per request than
     asyncio's, and it is what uvicorn uses), else on asyncio's own loop."""
@@ -289,10 +333,11 @@ def tune_garbage_collection() -> None:
 
 
 async def serve(config: Config, *, ready: Callable[[str], None] | None = None,
-                reuse_port: bool = False, session_key: bytes | None = None) -> None:
+                reuse_port: bool = False, session_key: bytes | None = None, admin: bool = True) -> None:
     """Run the gateway until SIGTERM or SIGINT, then drain within ``server.shutdown_grace`` (E3).
 
-    ``reuse_port`` and ``session_key``: set by ``gateway.workers`` when several processes share the port."""
+    ``reuse_port`` and ``session_key``: set by ``gateway.workers`` when several processes share the port;
+    ``admin``: whether this process owns the admin listener (with workers, worker 0 does: O1)."""
     gateway = Gateway(config, session_key=session_key)
     app = gateway.create_app()
     runner = web.AppRunner(
@@ -306,6 +351,7 @@ async def serve(config: Config, *, ready: Callable[[str], None] | None = None,
     raise_descriptor_limit(config.server.max_connections + 256)  # headroom: upstream, JWKS, logs, probes
     site = GuardedSite(runner, config.server.host, config.server.port, gateway.connections, reuse_port=reuse_port)  # R1, P4
     await site.start()
+    admin_runner = await start_admin_listener(gateway) if admin else None  # O1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -324,4 +370,6 @@ async def serve(config: Config, *, ready: Callable[[str], None] | None = None,
         log.info("shutting down; in-flight requests get up to %gs", config.server.shutdown_grace)
         gateway.proxy.close_standalone_streams()
         await runner.cleanup()
+        if admin_runner is not None:  # last: during the drain /readyz says 503 and /healthz still 200
+            await admin_runner.cleanup()
         log.info("stopped")

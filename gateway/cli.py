@@ -23,6 +23,7 @@ examples:
   mcp-auth-gateway serve --config gateway.yaml      run the gateway
   mcp-auth-gateway policy test policies/            run the policies' YAML test cases
   mcp-auth-gateway pins accept --config gateway.yaml --tool 'NAME=sha256:...'   accept a changed tool
+  mcp-auth-gateway config schema > gateway.schema.json   the JSON Schema editors validate gateway.yaml with
 
 The configuration file may also be given in ${ENV_VAR}.
 """
@@ -59,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
         "gateway in front of them, all on 127.0.0.1, and print a walkthrough.",
     )
     demo.add_argument("--port", type=int, default=8080, help="the gateway's port (default 8080)")
+
+    config = commands.add_parser("config", help="work with the configuration file", description="Work with the configuration file.")
+    config_commands = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
+    config_commands.add_parser(
+        "schema", help="print the JSON Schema of gateway.yaml",
+        description="Print the JSON Schema of gateway.yaml, generated from the configuration loader (the same as "
+        "docs/gateway.schema.json). Editors validate with it: put `# yaml-language-server: $schema=<path or URL>` "
+        "at the top of gateway.yaml.",
+    )
 
     policy = commands.add_parser("policy", help="work with Cedar policies", description="Work with Cedar policies.")
     policy_commands = policy.add_subparsers(dest="policy_command", metavar="SUBCOMMAND")
@@ -270,6 +280,11 @@ def main(argv: list[str] | None = None) -> int:
         return _validate(args.config)
     if args.command == "serve":
         return _serve(args.config)
+    if args.command == "config" and args.config_command == "schema":  # O5
+        from gateway.config_schema import schema_text
+
+        sys.stdout.write(schema_text())
+        return 0
     if args.command == "policy" and args.policy_command == "explain":
         return _explain(args.config, args.token_claims, args.request, args.tools_list)
     if args.command == "policy" and args.policy_command == "test":

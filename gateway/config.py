@@ -113,6 +113,7 @@ class ServerConfig:
     max_batch: int = 50  # R4: messages in one JSON-RPC batch
     workers: int = 1  # P4: processes sharing the port (SO_REUSEPORT)
     session_key_file: Path | None = None  # P4: the key that binds session ids; replicas need the same one
+    admin_port: int = 9090  # O1: /healthz, /readyz, /metrics on their own listener; 0 = on the main port
 
     @property
     def mcp_path(self) -> str:
@@ -714,7 +715,16 @@ def _server(s: _Section) -> ServerConfig:
         max_batch=s.take_int("max_batch", 50, minimum=1),
         workers=s.take_int("workers", 1, minimum=1, maximum=64),
         session_key_file=_session_key_file(s),
+        admin_port=_admin_port(s),
     )
+
+
+def _admin_port(s: _Section) -> int:
+    admin_port = s.take_int("admin_port", 9090, minimum=0, maximum=65535)
+    port = s.data.get("port", 8080)  # as written; a ${VAR} port is checked when the listeners bind
+    if admin_port and admin_port == port:
+        s.problems.error(s.key_path("admin_port"), f"{admin_port} is server.port; give the admin listener its own port (or 0)")
+    return admin_port
 
 
 def _session_key_file(s: _Section) -> Path | None:
@@ -1104,11 +1114,18 @@ def _tracing(s: _Section) -> TracingConfig:
     return config
 
 
-def parse_config(data: Any, *, source: str = "<config>", base_dir: Path | None = None) -> Config:
-    """Build the configuration from parsed YAML. Raises ``ConfigError`` listing every problem."""
+REQUIRED_SECTIONS = ("server", "upstream", "auth", "authorization")
+
+
+def parse_config(data: Any, *, source: str = "<config>", base_dir: Path | None = None,
+                 reader: type[_Section] = _Section) -> Config:
+    """Build the configuration from parsed YAML. Raises ``ConfigError`` listing every problem.
+
+    ``reader``: the section class that reads the keys; gateway.config_schema passes one that records every
+    key read, to generate the JSON Schema from this loader (O5)."""
     problems = _Problems(source)
-    top = _Section(data, "", problems, base_dir or Path.cwd())
-    for required in ("server", "upstream", "auth", "authorization"):
+    top = reader(data, "", problems, base_dir or Path.cwd())
+    for required in REQUIRED_SECTIONS:
         if not top.has(required):
             problems.error(required, "required section is missing")
     config = Config(

@@ -6,6 +6,10 @@ this process tree), then forks the workers. Each runs the whole gateway on the s
 carry their own binding (gateway.mcp.sessions), so a session opened through one worker continues through
 any other, and through any replica with the same key.
 
+O1: worker 0 alone serves the admin listener (``server.admin_port``; bound without ``SO_REUSEPORT``, so
+there is one owner). Its ``/healthz`` and ``/readyz`` speak for the process tree, since the parent stops
+every worker and exits when one dies; with ``admin_port: 0`` every worker answers them on the main port.
+
 The parent passes SIGTERM and SIGINT on to every worker (each drains as one gateway does, E3), and exits
 with the first non-zero status a worker exited with, or 0. A worker that dies unexpectedly is not
 restarted: the parent stops the others and exits non-zero, so the orchestrator restarts the pod.
@@ -23,24 +27,24 @@ from gateway.mcp.sessions import load_session_key
 log = logging.getLogger(__name__)
 
 
-def _worker(config: Config, key: bytes) -> int:
+def _worker(config: Config, key: bytes, *, admin: bool) -> int:
     from gateway.app import run, serve
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)  # serve() installs its own on its loop
-    run(serve(config, reuse_port=True, session_key=key))  # on uvloop when installed (P1)
+    run(serve(config, reuse_port=True, session_key=key, admin=admin))  # on uvloop when installed (P1)
     return 0
 
 
 def run_workers(config: Config) -> int:
     key = load_session_key(config.server.session_key_file)
     children: list[int] = []
-    for _ in range(config.server.workers):
+    for index in range(config.server.workers):
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
             try:
-                code = _worker(config, key)
+                code = _worker(config, key, admin=index == 0)  # O1: worker 0 owns the admin listener
             except BaseException:
                 logging.getLogger("gateway").exception("worker failed")
             finally:

@@ -89,7 +89,9 @@ def audit_lines(audit_file: Path, in_process_gateways: list[Gateway]) -> Callabl
 def config_data(upstream_url: str, *, issuer: TestIssuer, policies: Path, audit: Path, **overrides: Any) -> dict:
     """The configuration tests start from: the test issuer (keys found by discovery), ``overrides`` merged in."""
     data = {
-        "server": {"public_url": RESOURCE, "host": "127.0.0.1", "port": 0},
+        # admin_port 0: in-process gateways (create_app alone) keep /healthz, /readyz, /metrics on their one
+        # app; serve_gateway gives its process an admin listener of its own (O1).
+        "server": {"public_url": RESOURCE, "host": "127.0.0.1", "port": 0, "admin_port": 0},
         "upstream": {"url": upstream_url},
         "auth": {"issuers": [{"issuer": issuer.url}]},
         "authorization": {"policies": str(policies)},
@@ -142,6 +144,7 @@ class ServedGateway:
     url: str
     process: asyncio.subprocess.Process
     folder: Path
+    admin_url: str = ""  # O1: /healthz, /readyz, /metrics (the main url when server.admin_port is 0)
 
     @property
     def log_path(self) -> Path:
@@ -173,8 +176,9 @@ class ServedGateway:
 async def serve_gateway(tmp_path: Path, issuer: TestIssuer, policies_dir: Path):
     """Starts ``python -m gateway serve --config FILE`` in front of ``upstream_url``; stops it afterwards.
 
-    ``overrides`` are merged into the configuration as for ``make_config``. Waits for ``/readyz`` while
-    letting this test's event loop serve the issuer (its JWKS is fetched during start-up)."""
+    ``overrides`` are merged into the configuration as for ``make_config``; server.admin_port is a free
+    port of its own unless the overrides set it (O1: ``admin_url``). Waits for ``/readyz`` while letting
+    this test's event loop serve the issuer (its JWKS is fetched during start-up)."""
     started: list[ServedGateway] = []
 
     async def start(upstream_url: str, **overrides: Any) -> ServedGateway:
@@ -183,19 +187,23 @@ async def serve_gateway(tmp_path: Path, issuer: TestIssuer, policies_dir: Path):
         port = free_port()
         data = config_data(upstream_url, issuer=issuer, policies=policies_dir, audit=folder / "audit.jsonl", **overrides)
         data["server"]["port"] = port
+        if "admin_port" not in overrides.get("server", {}):
+            data["server"]["admin_port"] = free_port()
+        admin_port = data["server"]["admin_port"] or port
         (folder / "gateway.yaml").write_text(json.dumps(data))  # JSON is YAML
         with (folder / "gateway.log").open("w") as log:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "gateway", "serve", "--config", str(folder / "gateway.yaml"),
                 stdout=log, stderr=log, cwd=Path(__file__).parent.parent)
-        served = ServedGateway(url=f"http://127.0.0.1:{port}", process=process, folder=folder)
+        served = ServedGateway(url=f"http://127.0.0.1:{port}", process=process, folder=folder,
+                               admin_url=f"http://127.0.0.1:{admin_port}")
         started.append(served)
         async with aiohttp.ClientSession() as http:
             for _ in range(300):
                 if process.returncode is not None:
                     break
                 try:
-                    async with http.get(f"{served.url}/readyz") as response:
+                    async with http.get(f"{served.admin_url}/readyz") as response:
                         if response.status == 200:
                             return served
                 except aiohttp.ClientError:

@@ -18,6 +18,8 @@ from tests.factories import bearer
 from tests.upstreams import Received, sse_event, start_sse
 
 LIMITS = {"header_timeout": "500ms", "body_timeout": "500ms", "keepalive_timeout": "1s"}
+# A request any client may make on the main port without a token (the probes are on the admin port, O1).
+PUBLIC = b"/.well-known/oauth-protected-resource/mcp"
 
 
 def port_of(gateway) -> int:
@@ -52,10 +54,10 @@ async def test_r1_request_headers_that_do_not_arrive_in_time_close_the_connectio
 async def test_r1_a_slow_second_request_on_a_kept_alive_connection_is_timed_too(serve_gateway, upstream):
     gateway = await serve_gateway(upstream.url, server={**LIMITS, "keepalive_timeout": "30s"})
     reader, writer = await asyncio.open_connection("127.0.0.1", port_of(gateway))
-    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    writer.write(b"GET " + PUBLIC + b" HTTP/1.1\r\nHost: x\r\n\r\n")
     await writer.drain()
     assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
-    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # a second request that never completes
+    writer.write(b"GET " + PUBLIC + b" HTTP/1.1\r\nHost: x\r\n")  # a second request that never completes
     await writer.drain()
     assert await closed_within(reader, 5) < 2  # header_timeout, not the 30 s keep-alive
     writer.close()
@@ -64,7 +66,7 @@ async def test_r1_a_slow_second_request_on_a_kept_alive_connection_is_timed_too(
 async def test_r1_an_idle_kept_alive_connection_closes_after_keepalive_timeout(serve_gateway, upstream):
     gateway = await serve_gateway(upstream.url, server=LIMITS)
     reader, writer = await asyncio.open_connection("127.0.0.1", port_of(gateway))
-    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    writer.write(b"GET " + PUBLIC + b" HTTP/1.1\r\nHost: x\r\n\r\n")
     await writer.drain()
     await reader.readuntil(b"\r\n\r\n")
     assert 0.5 < await closed_within(reader, 5) < 3
@@ -89,19 +91,19 @@ async def test_r1_the_connection_cap_holds_and_the_listener_recovers(serve_gatew
     gateway = await serve_gateway(upstream.url, server={**LIMITS, "max_connections": 20})
     held = [await asyncio.open_connection("127.0.0.1", port_of(gateway)) for _ in range(20)]
     for _, writer in held:
-        writer.write(b"GET /healthz HTTP/1.1\r\n")  # partial, without a token: the slowloris shape
+        writer.write(b"GET " + PUBLIC + b" HTTP/1.1\r\n")  # partial, without a token: the slowloris shape
         await writer.drain()
     await asyncio.sleep(0.1)
     # One more is closed at once (and counted), instead of exhausting descriptors.
     reader, writer = await asyncio.open_connection("127.0.0.1", port_of(gateway))
-    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    writer.write(b"GET " + PUBLIC + b" HTTP/1.1\r\nHost: x\r\n\r\n")
     await writer.drain()
     assert await closed_within(reader, 2) < 0.5
     writer.close()
     # The held connections are closed by header_timeout, and probes are answered again.
     await asyncio.sleep(0.8)
     async with aiohttp.ClientSession() as http:
-        async with http.get(f"{gateway.url}/healthz", timeout=aiohttp.ClientTimeout(total=2)) as response:
+        async with http.get(f"{gateway.url}{PUBLIC.decode()}", timeout=aiohttp.ClientTimeout(total=2)) as response:
             assert response.status == 200
     for held_reader, held_writer in held:
         assert await closed_within(held_reader, 1) < 1

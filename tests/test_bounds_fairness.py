@@ -146,7 +146,7 @@ async def test_r3_a_principal_holding_its_share_of_streams_gets_429_while_anothe
             assert status_code == 200, text
             assert time.monotonic() - started < 1.0
             assert [r.method for r in upstream.received] == ["GET"] * 4 + ["POST"]
-            assert await refusals(http, gateway.url, "limits", "principal_concurrency") == 3
+            assert await refusals(http, gateway.admin_url, "limits", "principal_concurrency") == 3
             for stream in streams:
                 stream.close()
     finally:
@@ -211,7 +211,7 @@ async def test_r3_rate_limit_end_to_end_third_immediate_request_is_429(serve_gat
         assert_429(*refused)
         assert refused[1]["Retry-After"] == "1"
         assert (await post(http, gateway.url, issuer.mint(sub="bob")))[0] == 200
-        assert await refusals(http, gateway.url, "limits", "principal_rate") == 1
+        assert await refusals(http, gateway.admin_url, "limits", "principal_rate") == 1
     assert len(upstream.received) == 3
 
 
@@ -414,8 +414,8 @@ async def test_r6_introspection_calls_are_capped_and_the_rest_get_503_with_retry
         served = await asyncio.wait_for(asyncio.gather(*(c for c in calls if not c.done())), 5)
         assert [s[0] for s in served] == [200, 200]
         assert issuer.introspections == 2 and issuer.most_introspections_in_flight == 2
-        assert await refusals(http, gateway.url, "token", "introspection_busy") == 3
-        assert await metric(http, gateway.url, "mcp_gateway_introspection_busy_total") == 3
+        assert await refusals(http, gateway.admin_url, "token", "introspection_busy") == 3
+        assert await metric(http, gateway.admin_url, "mcp_gateway_introspection_busy_total") == 3
 
 
 async def test_r6_cache_hits_and_joins_of_a_call_in_flight_take_no_place(serve_gateway, upstream, issuer):

@@ -336,7 +336,7 @@ async def start_logging_process(tmp_path: Path, issuer, upstream_url: str, log_f
     (tmp_path / "policies").mkdir(exist_ok=True)
     (tmp_path / "policies" / "all.cedar").write_text("permit (principal, action, resource);\n")
     config = {
-        "server": {"host": "127.0.0.1", "port": port, "public_url": RESOURCE},
+        "server": {"host": "127.0.0.1", "port": port, "public_url": RESOURCE, "admin_port": 0},
         "upstream": {"url": upstream_url},
         "auth": {"issuers": [{"issuer": issuer.url}]},
         "authorization": {"policies": str(tmp_path / "policies")},

@@ -19,7 +19,7 @@ from tests.upstreams import Received, sse_event, start_sse
 async def start_process(tmp_path, issuer, upstream_url: str, grace: str = "10s"):
     port = free_port()
     config = {
-        "server": {"host": "127.0.0.1", "port": port, "public_url": RESOURCE, "shutdown_grace": grace},
+        "server": {"host": "127.0.0.1", "port": port, "public_url": RESOURCE, "shutdown_grace": grace, "admin_port": 0},
         "upstream": {"url": upstream_url},
         "auth": {"issuers": [{"issuer": issuer.url}]},
         "authorization": {"policies": str(tmp_path / "policies")},

@@ -11,8 +11,9 @@ What is taken from the rendered base manifest, unchanged:
 What is rewritten, and why:
 - mount paths (/etc/mcp-auth-gateway/..., /var/run/secrets/gateway) move under tmp_path, in the
   configuration, the args and the environment: the test cannot write to /etc;
-- server.host 0.0.0.0 -> 127.0.0.1 and server.port 8080 -> a free port: the rehearsal must not listen on
-  every interface of the machine, and 8080 may be taken;
+- server.host 0.0.0.0 -> 127.0.0.1, server.port 8080 and server.admin_port 9090 -> free ports: the
+  rehearsal must not listen on every interface of the machine, and 8080 or 9090 may be taken; the probes
+  and the /metrics reads go to the port their manifest names (the container port `admin`, O1);
 - the MCP server's PORT (3000) -> a free port, and upstream.url's port with it (still 127.0.0.1);
 - the issuer (https://idp.example.com) -> a loopback TestIssuer (tests/factories.py) serving metadata and
   JWKS, so the gateway becomes ready and tokens can be minted; public_url, the scopes, the policies,
@@ -68,11 +69,16 @@ class Pod:
     gateway: asyncio.subprocess.Process
     mcp_server: asyncio.subprocess.Process
     url: str
+    admin_url: str
     probes: dict[str, dict[str, Any]]
     pre_stop: float
     policies_dir: Path
     policy_files: dict[str, bytes]
     logs: list[Path] = field(default_factory=list)
+
+    def probe_url(self, kind: str) -> str:
+        """Where the kubelet sends the ``kind`` probe: the container port its manifest names."""
+        return {"http": self.url, "admin": self.admin_url}[self.probes[kind]["httpGet"]["port"]]
 
     def log_text(self) -> str:
         return "\n".join(f"--- {path.name}\n{path.read_text(errors='replace')}" for path in self.logs if path.exists())
@@ -125,8 +131,9 @@ async def start_pod(tmp_path: Path, issuer: TestIssuer) -> Pod:
     config["upstream"]["url"] = re.sub(r":\d+/", f":{mcp_port}/", config["upstream"]["url"], count=1)
     assert len(config["auth"]["issuers"]) == 1
     config["auth"]["issuers"][0]["issuer"] = issuer.url
-    port = free_port()
-    config["server"].update(host="127.0.0.1", port=port)
+    port, admin_port = free_port(), free_port()
+    assert config["server"]["admin_port"] == next(p["containerPort"] for p in gateway_spec["ports"] if p["name"] == "admin")
+    config["server"].update(host="127.0.0.1", port=port, admin_port=admin_port)
     config_file = Path(rewrite_paths(config_path_of(gateway_spec), mounts))
     config_file.write_text(yaml.safe_dump(config))
 
@@ -146,6 +153,7 @@ async def start_pod(tmp_path: Path, issuer: TestIssuer) -> Pod:
     volumes = {v["name"]: v for v in pod_spec(docs)["volumes"]}
     pod = Pod(
         root=root, config=config, gateway=gateway, mcp_server=mcp_server, url=f"http://127.0.0.1:{port}",
+        admin_url=f"http://127.0.0.1:{admin_port}",
         probes={"readiness": gateway_spec["readinessProbe"], "liveness": gateway_spec["livenessProbe"]},
         pre_stop=gateway_spec.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0),
         policies_dir=mounts[policies_mount["mountPath"]],
@@ -155,7 +163,7 @@ async def start_pod(tmp_path: Path, issuer: TestIssuer) -> Pod:
     try:
         await wait_for_port(mcp_port, mcp_server, "the MCP server")
         for probe_spec in pod.probes.values():
-            assert probe_spec["httpGet"]["port"] == "http"  # the named port: the gateway's only one
+            assert probe_spec["httpGet"]["port"] == "admin"  # the named port: the admin listener (O1)
     except BaseException:
         await stop_pod(pod)
         raise
@@ -169,8 +177,8 @@ async def wait_ready(pod: Pod) -> None:
     for _ in range(int(15 / period)):
         if pod.gateway.returncode is not None:
             raise AssertionError(f"the gateway exited with {pod.gateway.returncode}\n{pod.log_text()}")
-        if await probe(pod.url, readiness["httpGet"]["path"]) == 200:
-            assert await probe(pod.url, pod.probes["liveness"]["httpGet"]["path"]) == 200
+        if await probe(pod.probe_url("readiness"), readiness["httpGet"]["path"]) == 200:
+            assert await probe(pod.probe_url("liveness"), pod.probes["liveness"]["httpGet"]["path"]) == 200
             return
         await asyncio.sleep(period)
     raise AssertionError(f"the gateway never became ready\n{pod.log_text()}")
@@ -212,7 +220,7 @@ async def test_e3_sidecar_sigterm_during_a_streamed_tool_call_drains_and_exits_0
             async def kubelet() -> None:
                 while pod.gateway.returncode is None:
                     await asyncio.sleep(period)
-                    after_sigterm.append(await probe(pod.url, readiness["httpGet"]["path"]))
+                    after_sigterm.append(await probe(pod.probe_url("readiness"), readiness["httpGet"]["path"]))
 
             prober = asyncio.create_task(kubelet())
             body += await asyncio.wait_for(call.content.read(), 10)
@@ -226,7 +234,7 @@ async def test_e3_sidecar_sigterm_during_a_streamed_tool_call_drains_and_exits_0
         assert exit_code == 0, pod.log_text()
         # Readiness never passed again once SIGTERM arrived (a refused connection counts as not ready).
         assert after_sigterm and 200 not in after_sigterm, after_sigterm
-        assert await probe(pod.url, pod.probes["liveness"]["httpGet"]["path"]) is None  # the gateway is gone
+        assert await probe(pod.probe_url("liveness"), pod.probes["liveness"]["httpGet"]["path"]) is None  # the gateway is gone
         # The MCP server outlives the gateway's drain (its own preStop sleep is longer).
         assert pod.mcp_server.returncode is None
         logs = [json.loads(line) for line in (tmp_path / "gateway.log").read_text().splitlines() if line.startswith("{")]
@@ -249,7 +257,7 @@ async def test_z2_sidecar_policy_configmap_update_applies_without_restart(tmp_pa
                     return response.status
 
             async def metric(name: str) -> str:
-                async with http.get(f"{pod.url}/metrics") as response:
+                async with http.get(f"{pod.admin_url}/metrics") as response:
                     return "\n".join(line for line in (await response.text()).splitlines() if line.startswith(name))
 
             async def eventually(check, what: str) -> None:
@@ -280,7 +288,7 @@ async def test_z2_sidecar_policy_configmap_update_applies_without_restart(tmp_pa
 
             await eventually(refused, "the broken policies were not refused")
             assert await call_echo() == 403
-            assert await probe(pod.url, pod.probes["readiness"]["httpGet"]["path"]) == 200
+            assert await probe(pod.probe_url("readiness"), pod.probes["readiness"]["httpGet"]["path"]) == 200
         assert pod.gateway.returncode is None, "hot reload, not a restart"
     finally:
         await stop_pod(pod)

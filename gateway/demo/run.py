@@ -140,7 +140,8 @@ def demo_config(*, gateway_port: int, upstream_port: int, issuer_url: str, audit
     policies = _policies_folder()
     public_url = f"http://127.0.0.1:{gateway_port}/mcp"
     data = {
-        "server": {"host": "127.0.0.1", "port": gateway_port, "public_url": public_url},
+        # admin_port 0: the demo is one process on one port, probes and metrics included (O1).
+        "server": {"host": "127.0.0.1", "port": gateway_port, "public_url": public_url, "admin_port": 0},
         "upstream": {"url": f"http://127.0.0.1:{upstream_port}/mcp"},
         "resource": {"name": SERVER_NAME, "scopes_supported": ["mcp", "mcp.admin"]},
         "auth": {"issuers": [{"issuer": issuer_url}], "required_scopes": ["mcp"]},

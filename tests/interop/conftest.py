@@ -145,7 +145,8 @@ def interop_gateway_config(*, port: int, public_url: str, issuer: str, upstream_
     """The gateway configuration the client interop tests share: scopes mcp / mcp.admin (admin_* tools need
     mcp.admin), introspection for opaque tokens, the policies in ``policies``, audit to a file beside them."""
     return {
-        "server": {"host": "127.0.0.1", "port": port, "public_url": public_url, "allowed_origins": [BROWSER_ORIGIN]},
+        "server": {"host": "127.0.0.1", "port": port, "public_url": public_url, "allowed_origins": [BROWSER_ORIGIN],
+                   "admin_port": 0},  # probes on the one port: these tests are about clients
         "upstream": {"url": upstream_url},
         "resource": {"name": name, "scopes_supported": ["mcp", "mcp.admin"]},
         "auth": {

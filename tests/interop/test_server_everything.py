@@ -100,7 +100,7 @@ def listening_addresses(port: int) -> set[str]:
 def permissive_gateway_config(port: int, upstream_url: str, issuer: str, folder: Path) -> dict:
     (folder / "permit-all.cedar").write_text(PERMIT_ALL)
     return {
-        "server": {"host": "127.0.0.1", "port": port, "public_url": f"http://127.0.0.1:{port}/mcp"},
+        "server": {"host": "127.0.0.1", "port": port, "public_url": f"http://127.0.0.1:{port}/mcp", "admin_port": 0},
         "upstream": {"url": upstream_url},
         "resource": {"name": "server-everything behind the gateway", "scopes_supported": ["mcp"]},
         "auth": {"issuers": [{"issuer": issuer}], "required_scopes": ["mcp"]},
