@@ -7,7 +7,8 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.errors import BadRequest, Forbidden
-from gateway.upstream.headers import check_client_headers, never_forwarded, upstream_request_headers
+from gateway.upstream.headers import (check_client_headers, client_response_headers, never_forwarded,
+                                     upstream_request_headers)
 
 
 def headers(*pairs: tuple[str, str]) -> CIMultiDictProxy[str]:
@@ -102,3 +103,11 @@ def test_i5_upstream_strip_headers_are_removed_in_any_letter_case():
 def test_u1_the_client_credentials_and_proof_never_pass():
     sent = forwarded(headers(("Authorization", "Bearer t"), ("Cookie", "c"), ("DPoP", "proof"), ("Proxy-Authorization", "p")))
     assert not {"Authorization", "Cookie", "DPoP", "Proxy-Authorization"} & set(sent)
+
+
+def test_s1_an_upstream_dpop_nonce_never_reaches_the_client():
+    """The client's proofs are checked by the gateway; a nonce the upstream sent would be one it never issued."""
+    upstream = CIMultiDictProxy(CIMultiDict([("Content-Type", "application/json"), ("DPoP-Nonce", "upstream-nonce"),
+                                             ("dpop-nonce", "again"), ("Mcp-Session-Id", "s1")]))
+    kept = client_response_headers(upstream)
+    assert "DPoP-Nonce" not in kept and kept["Mcp-Session-Id"] == "s1"

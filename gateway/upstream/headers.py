@@ -74,6 +74,9 @@ TRACE_CONTEXT_HEADERS = frozenset({"traceparent", "tracestate"})
 # an upstream challenge concerns the gateway's own credentials (U4), never the client.
 UPSTREAM_ONLY_RESPONSE_HEADERS = frozenset({
     "content-length", "content-encoding", "set-cookie", "www-authenticate", "server", "date",
+    # S1: a DPoP nonce is the gateway's (its own proofs' check); an upstream's would make the client put a
+    # nonce into proofs for the gateway that the gateway never issued.
+    "dpop-nonce",
     # CORS is the gateway's decision (E1), never the upstream's.
     "access-control-allow-origin", "access-control-allow-credentials", "access-control-allow-headers",
     "access-control-allow-methods", "access-control-expose-headers", "access-control-max-age",
