@@ -130,6 +130,13 @@ def walkthrough(gateway: str, issuer: str) -> str:
      curl -s -X POST {mcp} {json_headers} -H "Authorization: Bearer $BOB" \\
        -d '{{"jsonrpc":"2.0","id":9,"method":"resources/read","params":{{"uri":"demo://readme"}}}}'
 
+  A real MCP client as bob: the MCP Inspector v2 CLI (Node 22.19 or newer; add --protocol-era modern
+  for MCP 2026-07-28). bob's list has no delete_records; a denied call reads as auth_required in it.
+    npx -y @modelcontextprotocol/inspector@2.12.0 --cli {mcp} --transport http \\
+        --header "Authorization: Bearer $BOB" --method tools/list
+    npx -y @modelcontextprotocol/inspector@2.12.0 --cli {mcp} --transport http \\
+        --header "Authorization: Bearer $BOB" --method tools/call --tool-name echo --tool-arg text=hello
+
   The policies are in policies/*.cedar: edit one and the next call follows it, no restart.
   Audit events go to stdout, gateway logs to stderr. Ctrl-C stops everything.
 {BANNER}

@@ -355,3 +355,39 @@ async def test_m5_interop_inspector_web_ui_in_chromium_calls_a_tool_as_non_admin
         e["method"] == "tools/call" and e.get("target") == "echo" for e in events))
     assert any(e["method"] == "tools/call" and e["target"] == "echo" and e["outcome"] == "allow" for e in allowed)
     assert_token_never_reached_upstream(fastmcp_upstream, tokens["non-admin"])
+
+
+async def test_m5_interop_the_demo_walkthroughs_inspector_commands_work_as_bob(tmp_path):
+    """Issue 13's done-when: the demo's printed walkthrough shows the Inspector CLI commands that work as bob.
+    The commands are taken from the printed text (npx replaced by the installed launcher) and run against the
+    running demo: bob's list is filtered, his echo call succeeds."""
+    import shlex
+
+    from gateway.demo.run import running_demo, walkthrough
+
+    async with running_demo(free_port(), audit_file=tmp_path / "audit.jsonl") as urls:
+        text = walkthrough(urls.gateway, urls.issuer).replace("\\\n", " ")
+        commands = [shlex.split(line.strip()) for line in text.splitlines() if "@modelcontextprotocol/inspector@" in line]
+        assert len(commands) == 2
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{urls.issuer}/token", data={"grant_type": "password", "username": "bob", "password": "bob"}) as r:
+                bob = (await r.json())["access_token"]
+
+        class Demo:
+            url = urls.gateway
+
+            @staticmethod
+            def log_text() -> str:
+                return "(the demo logs to this test's stderr)"
+
+        runs = []
+        for words in commands:
+            assert words[:3] == ["npx", "-y", "@modelcontextprotocol/inspector@2.12.0"] and words[4] == f"{urls.gateway}/mcp"
+            assert words[words.index("--header") + 1] == "Authorization: Bearer $BOB"
+            rest = words[5:]
+            del rest[rest.index("--header"):rest.index("--header") + 2]
+            runs.append(await asyncio.to_thread(run_inspector, Demo, bob, tmp_path, *rest))
+    listed, called = runs
+    assert tool_names(listed) == NON_ADMIN_TOOLS
+    assert called.exit_code == 0, (called.stdout, called.stderr)
+    assert "hello" in json.dumps(called.result)
