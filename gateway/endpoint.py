@@ -55,6 +55,14 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     that takes longer than ``timeout`` to arrive (R1: 408, so a slow client cannot hold a connection)."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge("body_too_large", f"Content-Length {request.content_length} > {limit}")
+    content = request.content
+    if content.is_eof():
+        # P1: the whole body came with the headers (a small call, the usual case): aiohttp holds all of it
+        # already (its reading pauses at 128 KiB unread), so nothing is waited for and no timer is needed.
+        body = content.read_nowait()
+        if len(body) > limit:
+            raise PayloadTooLarge("body_too_large", f"body exceeds {limit} bytes")
+        return body
     chunks, size = [], 0
     try:
         async with asyncio.timeout(timeout):

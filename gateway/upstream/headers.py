@@ -75,6 +75,11 @@ UPSTREAM_ONLY_RESPONSE_HEADERS = frozenset({
 })
 
 
+# P1: header names as CGI-style servers compare them, by lower-cased name (names repeat on every request).
+_DASHED: dict[str, str] = {}
+_DASHED_MAX = 4096
+
+
 def check_client_headers(headers: CIMultiDictProxy[str]) -> None:
     """I4: refuse what two hops could read differently. Raises ``BadRequest`` or ``Forbidden``."""
     seen: set[str] = set()
@@ -88,7 +93,11 @@ def check_client_headers(headers: CIMultiDictProxy[str]) -> None:
             # MCP clients do not compress requests. Refusing them keeps zlib off the request path: no
             # decompression bombs, no half-decoded bodies, and the bytes decided are the bytes received.
             raise UnsupportedMediaType("content_encoding", f"Content-Encoding {value[:30]!r} (requests are not decompressed)")
-        dashed = _SEPARATORS.sub("-", lower)
+        dashed = _DASHED.get(lower)
+        if dashed is None:
+            dashed = _SEPARATORS.sub("-", lower)
+            if len(_DASHED) < _DASHED_MAX:
+                _DASHED[lower] = dashed
         if dashed in MCP_HEADERS or dashed.startswith(MCP_PARAM_PREFIX):
             if dashed != lower:
                 raise BadRequest("underscore_header", f"{name[:60]!r} is another spelling of an MCP header")
@@ -104,6 +113,8 @@ def check_client_headers(headers: CIMultiDictProxy[str]) -> None:
 
 def connection_named_headers(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
     """Header names listed in ``Connection`` are hop-by-hop too (RFC 9110 §7.6.1)."""
+    if "Connection" not in headers:
+        return set()
     return {
         token.strip().lower()
         for value in headers.getall("Connection", [])
@@ -116,6 +127,33 @@ def never_forwarded(extra: Iterable[str] = ()) -> frozenset[str]:
     """The fixed set of request headers never forwarded, plus ``extra`` (``upstream.strip_headers`` and the
     headers the gateway sets itself). Built once per process."""
     return HOP_BY_HOP_HEADERS | CLIENT_ONLY_REQUEST_HEADERS | IDENTITY_CLAIMING_HEADERS | {n.lower() for n in extra}
+
+
+# P1: what ``upstream_request_headers`` decided about a header name, by the name as sent (names repeat on
+# every request): True to forward it, False to drop it. Only decisions that depend on nothing but the
+# name and the ``dropped`` set are kept; Connection-named headers are checked on every request.
+_NAME_VERDICTS: dict[tuple[frozenset[str], str], bool] = {}
+_NAME_VERDICTS_MAX = 4096
+
+
+def _forwardable_name(name: str, dropped: frozenset[str]) -> bool:
+    key = (dropped, name)
+    verdict = _NAME_VERDICTS.get(key)
+    if verdict is None:
+        lower = name.lower()
+        verdict = not (lower in dropped or lower.startswith(IDENTITY_CLAIMING_PREFIXES)) and \
+            _FORWARDABLE_NAME.fullmatch(name) is not None
+        if len(_NAME_VERDICTS) < _NAME_VERDICTS_MAX:
+            _NAME_VERDICTS[key] = verdict
+    return verdict
+
+
+def _forwarded_parts(public_url: str) -> tuple[str, str]:
+    public = urlsplit(public_url)
+    return public.scheme, public.netloc
+
+
+_PUBLIC_PARTS: dict[str, tuple[str, str]] = {}
 
 
 def upstream_request_headers(
@@ -131,20 +169,17 @@ def upstream_request_headers(
     identity-claiming prefixes, underscore names and ``Connection``-named headers, plus the gateway's own.
     ``add`` is what the gateway sets (request id, upstream credential, identity), applied last."""
     named = connection_named_headers(client_headers)
-    headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in client_headers.items():
-        lower = name.lower()
-        if lower in dropped or lower in named or lower.startswith(IDENTITY_CLAIMING_PREFIXES):
-            continue
-        if not _FORWARDABLE_NAME.fullmatch(name) or not value.isascii():
-            continue
-        headers.add(name, value)
-    public = urlsplit(public_url)
+    kept = [(name, value) for name, value in client_headers.items()
+            if _forwardable_name(name, dropped) and value.isascii() and (not named or name.lower() not in named)]
+    headers: CIMultiDict[str] = CIMultiDict(kept)
+    parts = _PUBLIC_PARTS.get(public_url)
+    if parts is None:
+        parts = _PUBLIC_PARTS[public_url] = _forwarded_parts(public_url)  # one configured URL per process
     headers["Host"] = upstream_host
     # Set from what the gateway knows, never from what the client claims (D4's rule applies here too).
     headers["X-Forwarded-For"] = remote or "unknown"
-    headers["X-Forwarded-Proto"] = public.scheme
-    headers["X-Forwarded-Host"] = public.netloc
+    headers["X-Forwarded-Proto"] = parts[0]
+    headers["X-Forwarded-Host"] = parts[1]
     # Plain bytes on the loopback hop: no compression work on either side, and SSE stays unbuffered.
     headers["Accept-Encoding"] = "identity"
     if add:
@@ -153,6 +188,10 @@ def upstream_request_headers(
     return headers
 
 
+_NEVER_RETURNED = HOP_BY_HOP_HEADERS | UPSTREAM_ONLY_RESPONSE_HEADERS
+
+
 def client_response_headers(upstream_headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    dropped = HOP_BY_HOP_HEADERS | UPSTREAM_ONLY_RESPONSE_HEADERS | connection_named_headers(upstream_headers)
-    return CIMultiDict((k, v) for k, v in upstream_headers.items() if k.lower() not in dropped)
+    named = connection_named_headers(upstream_headers)
+    dropped = _NEVER_RETURNED | named if named else _NEVER_RETURNED
+    return CIMultiDict([(k, v) for k, v in upstream_headers.items() if k.lower() not in dropped])

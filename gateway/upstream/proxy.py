@@ -255,7 +255,11 @@ class UpstreamProxy:
                 break  # no list key in the first STREAM_AFTER bytes: stream the rest
             chunk = await self._read_chunk(upstream)
             if not chunk:  # the whole answer is here: the filter reads it as one document
-                return web.Response(status=upstream.status, headers=headers, body=transform_json(b"".join(pieces)))
+                whole = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                # P1: an answer the scan found no list key in, when no list was asked for, is what the filter
+                # would return unchanged (its own first step is the same scan); otherwise the filter reads it.
+                return web.Response(status=upstream.status, headers=headers,
+                                    body=transform_json(whole) if holds_a_list else whole)
             pieces.append(chunk)
             size += len(chunk)
             if not holds_a_list:
