@@ -36,6 +36,7 @@ from gateway.mcp.sessions import SessionBindings, load_session_key
 from gateway.observe.audit import AuditLog
 from gateway.observe.logs import log_access
 from gateway.observe.metrics import Metrics, StateCollector, metrics_handler
+from gateway.observe.shared import WorkerSlot
 from gateway.upstream.credentials import build_credential
 from gateway.upstream.identity import IdentityAssertion, IdentityHeaders
 from gateway.upstream.proxy import UpstreamProxy
@@ -111,11 +112,13 @@ async def name_the_server(request: web.Request, response: web.StreamResponse) ->
 class Gateway:
     """The parts that live as long as the process, built once from the configuration."""
 
-    def __init__(self, config: Config, *, session_key: bytes | None = None):
-        """``session_key``: shared by the workers of one process tree when no session_key_file is set."""
+    def __init__(self, config: Config, *, session_key: bytes | None = None, metrics_slot: WorkerSlot | None = None):
+        """``session_key``: shared by the workers of one process tree when no session_key_file is set.
+        ``metrics_slot``: this worker's place in the metrics the workers share (O3, gateway.workers)."""
         self.config = config
         self.readiness = Readiness()
         self.metrics = Metrics()
+        self._metrics_slot = metrics_slot
         self.proxy = UpstreamProxy(config.upstream, public_url=config.server.public_url, metrics=self.metrics)
         self.jwks = JwksCache(config.auth.issuers, config.auth.jwks)
         self.authenticator = Authenticator(config.auth, config.server.public_url, self.jwks)
@@ -153,6 +156,8 @@ class Gateway:
             limiter=self.limiter,
         )
         self.metrics.collect_state(StateCollector(jwks=self.jwks, introspector=self.introspector, policies=self.policies))
+        if metrics_slot is not None:
+            self.metrics.share_through(metrics_slot)  # O3: every scrape shows every worker's samples
         self._background: list[asyncio.Task[None]] = []
         self._started = False
         self.readiness.add("started", lambda: self._started)
@@ -196,6 +201,8 @@ class Gateway:
         self._background.append(asyncio.create_task(self.jwks.keep_warm(), name="jwks-warm-up"))
         if self.config.authorization.reload:
             self._background.append(asyncio.create_task(self.policies.watch(), name="policy-reload"))
+        if self._metrics_slot is not None:
+            self._background.append(asyncio.create_task(self.metrics.keep_shared(), name="metrics-sharing"))
         self._started = True
 
     async def _on_cleanup(self, app: web.Application) -> None:
@@ -211,6 +218,8 @@ class Gateway:
                 await self.introspector.close()
         finally:
             self.audit.close()  # E3, E4: the buffered audit events are written, whatever else failed here
+            if self._metrics_slot is not None:
+                self.metrics.share()  # O3: this worker's last counts stay in the sums after it ends
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
@@ -235,11 +244,12 @@ def tune_garbage_collection() -> None:
 
 
 async def serve(config: Config, *, ready: Callable[[str], None] | None = None,
-                reuse_port: bool = False, session_key: bytes | None = None) -> None:
+                reuse_port: bool = False, session_key: bytes | None = None, metrics_slot: WorkerSlot | None = None) -> None:
     """Run the gateway until SIGTERM or SIGINT, then drain within ``server.shutdown_grace`` (E3).
 
-    ``reuse_port`` and ``session_key``: set by ``gateway.workers`` when several processes share the port."""
-    gateway = Gateway(config, session_key=session_key)
+    ``reuse_port``, ``session_key`` and ``metrics_slot``: set by ``gateway.workers`` when several processes
+    share the port."""
+    gateway = Gateway(config, session_key=session_key, metrics_slot=metrics_slot)
     app = gateway.create_app()
     runner = web.AppRunner(
         app, access_log=None, shutdown_timeout=config.server.shutdown_grace,
