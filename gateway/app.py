@@ -34,7 +34,7 @@ from gateway.errors import GatewayError, NotFound
 from gateway.limits import PrincipalLimiter
 from gateway.mcp.sessions import SessionBindings, load_session_key
 from gateway.observe.audit import AuditLog
-from gateway.observe.logs import log_access
+from gateway.observe.logs import flush_logs, log_access
 from gateway.observe.metrics import Metrics, StateCollector, metrics_handler
 from gateway.observe.shared import WorkerSlot
 from gateway.upstream.credentials import build_credential
@@ -281,3 +281,4 @@ async def serve(config: Config, *, ready: Callable[[str], None] | None = None,
         gateway.proxy.close_standalone_streams()
         await runner.cleanup()
         log.info("stopped")
+        flush_logs()  # the access lines held for a moment (P1) are written before the process ends

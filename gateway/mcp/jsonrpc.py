@@ -357,11 +357,15 @@ def _checked(obj: Any, where: str) -> tuple[Message, dict[str, Any]]:
     return message, wire
 
 
+# What json.dumps(document, ensure_ascii=False, separators=(",", ":"), allow_nan=False) builds per call (P1).
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def serialize(document: Any) -> bytes:
     """I1: compact UTF-8 JSON without a BOM. A lone surrogate (``"\\ud800"``), which other parsers replace,
     drop or refuse, cannot be encoded and is refused here rather than read differently upstream."""
     try:
-        return json.dumps(document, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        return _COMPACT.encode(document).encode("utf-8")
     except UnicodeEncodeError as exc:
         raise MalformedMessage("lone_surrogate", "a string holds a lone UTF-16 surrogate", parse_error=True) from exc
 
