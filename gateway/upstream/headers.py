@@ -133,6 +133,7 @@ def never_forwarded(extra: Iterable[str] = ()) -> frozenset[str]:
 # every request): True to forward it, False to drop it. Only decisions that depend on nothing but the
 # name and the ``dropped`` set are kept; Connection-named headers are checked on every request.
 _NAME_VERDICTS: dict[tuple[frozenset[str], str], bool] = {}
+_SET_BY_GATEWAY = frozenset({"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "accept-encoding"})
 _NAME_VERDICTS_MAX = 4096
 
 
@@ -141,8 +142,8 @@ def _forwardable_name(name: str, dropped: frozenset[str]) -> bool:
     verdict = _NAME_VERDICTS.get(key)
     if verdict is None:
         lower = name.lower()
-        verdict = not (lower in dropped or lower.startswith(IDENTITY_CLAIMING_PREFIXES)) and \
-            _FORWARDABLE_NAME.fullmatch(name) is not None
+        verdict = not (lower in dropped or lower in _SET_BY_GATEWAY or lower.startswith(IDENTITY_CLAIMING_PREFIXES)) \
+            and _FORWARDABLE_NAME.fullmatch(name) is not None
         if len(_NAME_VERDICTS) < _NAME_VERDICTS_MAX:
             _NAME_VERDICTS[key] = verdict
     return verdict
@@ -171,17 +172,20 @@ def upstream_request_headers(
     named = connection_named_headers(client_headers)
     kept = [(name, value) for name, value in client_headers.items()
             if _forwardable_name(name, dropped) and value.isascii() and (not named or name.lower() not in named)]
-    headers: CIMultiDict[str] = CIMultiDict(kept)
     parts = _PUBLIC_PARTS.get(public_url)
     if parts is None:
         parts = _PUBLIC_PARTS[public_url] = _forwarded_parts(public_url)  # one configured URL per process
-    headers["Host"] = upstream_host
-    # Set from what the gateway knows, never from what the client claims (D4's rule applies here too).
-    headers["X-Forwarded-For"] = remote or "unknown"
-    headers["X-Forwarded-Proto"] = parts[0]
-    headers["X-Forwarded-Host"] = parts[1]
-    # Plain bytes on the loopback hop: no compression work on either side, and SSE stays unbuffered.
-    headers["Accept-Encoding"] = "identity"
+    # The gateway's own, none of which a client's header can be (_SET_BY_GATEWAY is never forwarded).
+    kept += (
+        ("Host", upstream_host),
+        # Set from what the gateway knows, never from what the client claims (D4's rule applies here too).
+        ("X-Forwarded-For", remote or "unknown"),
+        ("X-Forwarded-Proto", parts[0]),
+        ("X-Forwarded-Host", parts[1]),
+        # Plain bytes on the loopback hop: no compression work on either side, and SSE stays unbuffered.
+        ("Accept-Encoding", "identity"),
+    )
+    headers: CIMultiDict[str] = CIMultiDict(kept)
     if add:
         for name, value in add.items():
             headers[name] = value

@@ -241,6 +241,12 @@ class UpstreamProxy:
         """R2, Z4: hold a JSON answer only while it may be a list; stream the rest (module docstring)."""
         limit = self.config.max_list_bytes
         length = upstream.content_length
+        if upstream.arrived_whole and upstream.buffered <= min(STREAM_AFTER, limit):
+            # P1: all of it came with the headers and it is under both bounds (the usual small answer): what
+            # the loop below would do in one round. Unscanned only when no list can be in it, unasked.
+            whole = await self._read_chunk(upstream)
+            return web.Response(status=upstream.status, headers=headers,
+                                body=transform_json(whole) if strict or mentions_a_list_key(whole) else whole)
         holds_a_list = strict  # from here on: the answer is read whole (up to `limit`) and filtered
         pieces: list[bytes] = []
         size = 0
