@@ -551,3 +551,24 @@ def test_p1_an_access_record_is_the_record_make_record_makes():
     assert {k: v for k, v in vars(again).items() if k not in timing} == {k: v for k, v in vars(expected).items() if k not in timing}
     assert abs(again.created - expected.created) < 1 and abs(again.relativeCreated - expected.relativeCreated) < 1000
     assert 0 <= again.msecs < 1000 and made.getMessage() == "POST /mcp 200" and again.getMessage() == "GET /x 404"
+
+
+# -- Z5, R1: a body that came whole with its headers (read without waiting) is still bounded ----------------------
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+async def test_z5_p1_a_body_over_the_limit_that_arrives_at_once_gets_413(upstream, start_gateway, issuer, framing):
+    client = await start_gateway(upstream.url, server={"max_body_bytes": 1024})
+    body = b'{"jsonrpc": "2.0", "id": 1, "method": "ping", "pad": "' + b"x" * 2000 + b'"}'
+    if framing == "chunked":  # no Content-Length to refuse up front: the bytes read are counted
+        framed = b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
+    else:
+        framed = b"Content-Length: %d\r\n\r\n" % len(body) + body
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    writer.write(b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Authorization: Bearer " + issuer.mint().encode() + b"\r\n" + framed)  # one write: all of it at once
+    await writer.drain()
+    status = await asyncio.wait_for(reader.readline(), 10)
+    writer.close()
+    assert status.split()[1] == b"413"
+    assert upstream.received == []
