@@ -572,3 +572,22 @@ async def test_z5_p1_a_body_over_the_limit_that_arrives_at_once_gets_413(upstrea
     writer.close()
     assert status.split()[1] == b"413"
     assert upstream.received == []
+
+
+def test_u1_i5_p1_remembered_header_verdicts_still_follow_the_drop_set_and_connection():
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    from gateway.upstream.headers import never_forwarded, upstream_request_headers
+
+    def forwarded(headers: dict[str, str], dropped: frozenset[str]) -> CIMultiDict[str]:
+        return upstream_request_headers(CIMultiDictProxy(CIMultiDict(headers)), dropped=dropped, remote="127.0.0.1",
+                                        public_url="https://mcp.example.com/mcp", upstream_host="up:80")
+
+    plain, stripping = never_forwarded(), never_forwarded(["X-Team"])
+    assert forwarded({"X-Team": "a"}, plain)["X-Team"] == "a"  # remembered as forwardable under `plain`
+    assert "X-Team" not in forwarded({"X-Team": "a"}, stripping)  # another drop set, another verdict
+    assert "X-Team" not in forwarded({"X-Team": "a", "Connection": "x-team"}, plain)  # Connection-named: per request
+    assert forwarded({"X-Team": "a"}, plain)["X-Team"] == "a"
+    sent = forwarded({"Host": "evil", "X-Forwarded-For": "1.2.3.4", "Accept-Encoding": "gzip"}, frozenset())
+    assert sent.getall("Host") == ["up:80"] and sent.getall("X-Forwarded-For") == ["127.0.0.1"]  # the gateway's own
+    assert sent.getall("Accept-Encoding") == ["identity"] and sent["X-Forwarded-Host"] == "mcp.example.com"
