@@ -39,9 +39,10 @@ from gateway.errors import GatewayError, NotFound
 from gateway.limits import PrincipalLimiter
 from gateway.mcp.sessions import SessionBindings, load_session_key
 from gateway.observe.audit import AuditLog
-from gateway.observe.logs import log_access
+from gateway.observe.logs import flush_logs, log_access
 from gateway.observe.metrics import Metrics, StateCollector, metrics_handler
 from gateway.observe.tracing import Tracing
+from gateway.observe.shared import WorkerSlot
 from gateway.upstream.credentials import build_credential
 from gateway.upstream.identity import IdentityAssertion, IdentityHeaders
 from gateway.upstream.proxy import UpstreamProxy
@@ -105,12 +106,13 @@ async def observe_requests(request: web.Request, handler: Handler) -> web.Stream
 
 
 async def name_the_server(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers["Server"] = SERVER_NAME
-
-
-async def add_request_id_header(request: web.Request, response: web.StreamResponse) -> None:
-    if REQUEST_ID in request:
-        response.headers["X-Request-Id"] = request[REQUEST_ID]
+    """Every answer the app prepares: our Server header (I9), and the request id when one was made (one
+    callback for both: aiohttp runs each as a coroutine of its own, P1)."""
+    headers = response.headers
+    headers["Server"] = SERVER_NAME
+    request_id = request.get(REQUEST_ID)
+    if request_id is not None:
+        headers["X-Request-Id"] = request_id
 
 
 def add_jwks_route(app: web.Application, document: bytes) -> None:
@@ -126,11 +128,13 @@ def add_jwks_route(app: web.Application, document: bytes) -> None:
 class Gateway:
     """The parts that live as long as the process, built once from the configuration."""
 
-    def __init__(self, config: Config, *, session_key: bytes | None = None):
-        """``session_key``: shared by the workers of one process tree when no session_key_file is set."""
+    def __init__(self, config: Config, *, session_key: bytes | None = None, metrics_slot: WorkerSlot | None = None):
+        """``session_key``: shared by the workers of one process tree when no session_key_file is set.
+        ``metrics_slot``: this worker's place in the metrics the workers share (O3, gateway.workers)."""
         self.config = config
         self.readiness = Readiness()
         self.metrics = Metrics()
+        self._metrics_slot = metrics_slot
         self.proxy = UpstreamProxy(config.upstream, public_url=config.server.public_url, metrics=self.metrics)
         self.jwks = JwksCache(config.auth.issuers, config.auth.jwks)
         self.authenticator = Authenticator(config.auth, config.server.public_url, self.jwks)
@@ -179,6 +183,8 @@ class Gateway:
         )
         self.metrics.collect_state(StateCollector(jwks=self.jwks, introspector=self.introspector, policies=self.policies,
                                                   authorizer=self.authorizer))
+        if metrics_slot is not None:
+            self.metrics.share_through(metrics_slot)  # O3: every scrape shows every worker's samples
         self._background: list[asyncio.Task[None]] = []
         self._started = False
         self.readiness.add("started", lambda: self._started)
@@ -221,7 +227,6 @@ class Gateway:
             add_jwks_route(app, jwks_document(self.public_keys))  # O6
         app.router.add_route("*", self.config.server.mcp_path, self.endpoint.handle)
         app.on_response_prepare.append(name_the_server)
-        app.on_response_prepare.append(add_request_id_header)
         if self.senders.nonces is not None:
             app.on_response_prepare.append(self._add_dpop_nonce)
         app.on_startup.append(self._on_startup)
@@ -246,6 +251,8 @@ class Gateway:
         if self.config.authorization.reload:
             # Z2, A2, A5: the enforced and candidate policies and the tool pins
             self._background.append(asyncio.create_task(self.authorizer.watch(), name="policy-reload"))
+        if self._metrics_slot is not None:
+            self._background.append(asyncio.create_task(self.metrics.keep_shared(), name="metrics-sharing"))
         self._started = True
 
     async def _on_cleanup(self, app: web.Application) -> None:
@@ -264,6 +271,8 @@ class Gateway:
             self.audit.close()  # E3, E4: the buffered audit events are written, whatever else failed here
             if self.tracing is not None:
                 await asyncio.to_thread(self.tracing.shutdown)  # O2: queued spans are exported, not lost
+            if self._metrics_slot is not None:
+                self.metrics.share()  # O3: this worker's last counts stay in the sums after it ends
 
 
 # ---- O1: the admin listener ------------------------------------------------------------------------
@@ -285,7 +294,6 @@ def create_admin_app(gateway: Gateway, guard: ConnectionGuard) -> web.Applicatio
                           handler_args={"max_field_size": 8 * 1024, "auto_decompress": False})
     add_admin_routes(app, gateway)
     app.on_response_prepare.append(name_the_server)
-    app.on_response_prepare.append(add_request_id_header)
     return app
 
 
@@ -333,12 +341,13 @@ def tune_garbage_collection() -> None:
 
 
 async def serve(config: Config, *, ready: Callable[[str], None] | None = None,
-                reuse_port: bool = False, session_key: bytes | None = None, admin: bool = True) -> None:
+                reuse_port: bool = False, session_key: bytes | None = None, admin: bool = True,
+                metrics_slot: WorkerSlot | None = None) -> None:
     """Run the gateway until SIGTERM or SIGINT, then drain within ``server.shutdown_grace`` (E3).
 
-    ``reuse_port`` and ``session_key``: set by ``gateway.workers`` when several processes share the port;
-    ``admin``: whether this process owns the admin listener (with workers, worker 0 does: O1)."""
-    gateway = Gateway(config, session_key=session_key)
+    ``reuse_port``, ``session_key`` and ``metrics_slot``: set by ``gateway.workers`` when several processes
+    share the port; ``admin``: whether this process owns the admin listener (with workers, worker 0 does: O1)."""
+    gateway = Gateway(config, session_key=session_key, metrics_slot=metrics_slot)
     app = gateway.create_app()
     runner = web.AppRunner(
         app, access_log=None, shutdown_timeout=config.server.shutdown_grace,
@@ -373,3 +382,4 @@ async def serve(config: Config, *, ready: Callable[[str], None] | None = None,
         if admin_runner is not None:  # last: during the drain /readyz says 503 and /healthz still 200
             await admin_runner.cleanup()
         log.info("stopped")
+        flush_logs()  # the access lines held for a moment (P1) are written before the process ends

@@ -43,8 +43,8 @@ from gateway.limits import PrincipalLimiter, Slot
 from gateway.mcp.jsonrpc import Batch, Message, check_routing_headers, encode_header_value, parse_body
 from gateway.mcp.listing import LIST_METHODS, ListFilter
 from gateway.mcp.sessions import SessionBindings
-from gateway.mcp.subscriptions import UpdateFilter
-from gateway.mcp.tasks import PURPOSE as TASK_PURPOSE, TaskBindings, TaskNotFound
+from gateway.mcp.subscriptions import UpdateFilter, may_mention as may_be_an_update
+from gateway.mcp.tasks import PURPOSE as TASK_PURPOSE, TaskBindings, TaskNotFound, may_mention as may_mention_a_task
 from gateway.observe.audit import AuditLog
 from gateway.observe.metrics import Metrics
 from gateway.observe.tracing import RequestTrace, Tracing, forwarded_trace_context
@@ -66,6 +66,14 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     that takes longer than ``timeout`` to arrive (R1: 408, so a slow client cannot hold a connection)."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge("body_too_large", f"Content-Length {request.content_length} > {limit}")
+    content = request.content
+    if content.is_eof():
+        # P1: the whole body came with the headers (a small call, the usual case): aiohttp holds all of it
+        # already (its reading pauses at 128 KiB unread), so nothing is waited for and no timer is needed.
+        body = content.read_nowait()
+        if len(body) > limit:
+            raise PayloadTooLarge("body_too_large", f"body exceeds {limit} bytes")
+        return body
     chunks, size = [], 0
     try:
         async with asyncio.timeout(timeout):
@@ -126,6 +134,11 @@ def log_refusal(request: web.Request, error: GatewayError, principal: Principal 
         "refused %s %s with %d: %s: %s", request.method, request.path, error.status, error.reason, error.detail,
         extra={"fields": fields},
     )
+
+
+def _may_name_a_task_or_update(raw: bytes) -> bool:
+    """M3, M4: an answer without a list key is still rewritten when it may name a task or be a resource update."""
+    return may_mention_a_task(raw) or may_be_an_update(raw)
 
 
 def _asks_only_tools_list(batch: Batch | None) -> bool:
@@ -420,6 +433,7 @@ class McpEndpoint:
             transform_json=transform_json,
             transform_event=transform_event,
             require_transform=lists_asked,
+            may_rewrite=_may_name_a_task_or_update if transform_json is not None else None,
         )
 
     def _may_read(self, principal: Principal, uri: str) -> bool:

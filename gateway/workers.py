@@ -4,7 +4,9 @@ The parent loads the configuration and the session key (``server.session_key_fil
 this process tree), then forks the workers. Each runs the whole gateway on the same port with
 ``SO_REUSEPORT``, so the kernel spreads connections across them. Nothing else is shared: session ids
 carry their own binding (gateway.mcp.sessions), so a session opened through one worker continues through
-any other, and through any replica with the same key.
+any other, and through any replica with the same key. Metrics are the exception, by design: the parent
+maps one anonymous shared memory region before the forks, a slot per worker, so that a scrape answered
+by any worker shows every worker's counters (O3, gateway.observe.shared).
 
 O1: worker 0 alone serves the admin listener (``server.admin_port``; bound without ``SO_REUSEPORT``, so
 there is one owner). Its ``/healthz`` and ``/readyz`` speak for the process tree, since the parent stops
@@ -23,28 +25,31 @@ import signal
 
 from gateway.config import Config
 from gateway.mcp.sessions import load_session_key
+from gateway.observe.shared import SharedSlots
 
 log = logging.getLogger(__name__)
 
 
-def _worker(config: Config, key: bytes, *, admin: bool) -> int:
+def _worker(config: Config, key: bytes, metrics: SharedSlots, index: int, *, admin: bool) -> int:
     from gateway.app import run, serve
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)  # serve() installs its own on its loop
-    run(serve(config, reuse_port=True, session_key=key, admin=admin))  # on uvloop when installed (P1)
+    # On uvloop when installed (P1); the metrics slot is taken here, in the worker (it notes who wrote it last).
+    run(serve(config, reuse_port=True, session_key=key, admin=admin, metrics_slot=metrics.slot(index)))
     return 0
 
 
 def run_workers(config: Config) -> int:
     key = load_session_key(config.server.session_key_file)
+    metrics = SharedSlots(config.server.workers)  # O3: mapped before the forks, so every worker shares it
     children: list[int] = []
     for index in range(config.server.workers):
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
             try:
-                code = _worker(config, key, admin=index == 0)  # O1: worker 0 owns the admin listener
+                code = _worker(config, key, metrics, index, admin=index == 0)  # O1: worker 0 owns the admin listener
             except BaseException:
                 logging.getLogger("gateway").exception("worker failed")
             finally:

@@ -143,13 +143,43 @@ CORPUS: dict[str, tuple[str, list[dict[str, Any]] | None]] = {
         {"uid": {"type": "Action", "id": "calls"}, "attrs": {}, "parents": []},
     ]),
     "default-deny": ('forbid (principal, action, resource) when { principal.claims has strict };', None),
+    # Static entities that describe listed tools: grouped by their data unless something names them. Built
+    # to catch an entity that is told apart by its id after all: a reference to itself (``resource.me ==
+    # resource``), to another static tool whose data a policy reads through it (``resource.peer.level``),
+    # a parent that is itself a static tool with parents of its own (a batch's union of entities would make
+    # ``in`` transitive where the per-item request is not), twins with equal data, one named by a policy.
+    "self-describing": ("""
+        permit (principal, action == Action::"tools/call", resource) when { resource has level && resource.level == 1 };
+        forbid (principal, action == Action::"tools/call", resource) when { resource has me && resource.me == resource };
+        permit (principal, action == Action::"tools/call", resource)
+          when { resource has peer && resource.peer has level && resource.peer.level == 2 };
+        forbid (principal, action == Action::"tools/call", resource) when { resource in ToolSet::"closed" };
+        forbid (principal, action == Action::"tools/call", resource == Tool::"twin_b") when { principal.claims has strict };
+        permit (principal, action == Action::"prompts/get", resource) when { resource has level && resource.level == 1 };
+    """, [
+        {"uid": {"type": "Tool", "id": "s1"}, "attrs": {"level": 1}, "parents": []},
+        {"uid": {"type": "Tool", "id": "s2"}, "attrs": {"level": 1}, "parents": []},
+        {"uid": {"type": "Tool", "id": "s3"}, "attrs": {"level": 2}, "parents": []},
+        {"uid": {"type": "Tool", "id": "me1"}, "attrs": {"level": 1, "me": ref("Tool", "me1")}, "parents": []},
+        {"uid": {"type": "Tool", "id": "me2"}, "attrs": {"level": 1, "me": ref("Tool", "s1")}, "parents": []},
+        {"uid": {"type": "Tool", "id": "peer1"}, "attrs": {"peer": ref("Tool", "s3")}, "parents": []},
+        {"uid": {"type": "Tool", "id": "peer2"}, "attrs": {"peer": ref("Tool", "s1")}, "parents": []},
+        {"uid": {"type": "Tool", "id": "hub"}, "attrs": {"level": 1}, "parents": [{"type": "ToolSet", "id": "closed"}]},
+        {"uid": {"type": "Tool", "id": "spoke"}, "attrs": {"level": 1}, "parents": [{"type": "Tool", "id": "hub"}]},
+        {"uid": {"type": "ToolSet", "id": "closed"}, "attrs": {}, "parents": []},
+        {"uid": {"type": "Tool", "id": "twin_a"}, "attrs": {"level": 1}, "parents": []},
+        {"uid": {"type": "Tool", "id": "twin_b"}, "attrs": {"level": 1}, "parents": []},
+        {"uid": {"type": "Prompt", "id": "s1"}, "attrs": {"level": 1}, "parents": []},
+        {"uid": {"type": "Prompt", "id": "s3"}, "attrs": {"level": 2}, "parents": []},
+    ]),
 }
 
 LITERAL_IDS = [
     "a", "b", "c", "d", "café", "ite", "none", "rec", "e", "f", "\x00", "", 'Tool::"a"', "x", "ro", "rw", "secret", "fav",
     "g1", "g2", "child", "parent", "tagged", "mine", "feat", "lit", "other", "third", "team_tool", "danger", "needs_attr",
     "ab", "a*", "plain", "p1", "p2", "file:///a", "file:///b", "mem://{id}", "safe", "eng", "deep", "admins", "mcp",
-    "calls", "tools/call", "prompts/get", "alice",
+    "calls", "tools/call", "prompts/get", "alice", "s1", "s2", "s3", "me1", "me2", "peer1", "peer2", "hub", "spoke",
+    "closed", "twin_a", "twin_b",
 ]
 LOOKALIKES = [
     "A", "a ", " a", "a\x00", "Tool::a", "ToolSet::\"safe\"", 'Prompt::"a"', "NS::Tool::\"e\"", "jwt", "introspected",
@@ -282,6 +312,12 @@ def test_the_corpus_exercises_what_it_claims(tmp_path):
         ("static", "alice"): {"x", "ro", "fav", "g1", "g2", "child", "parent", "mine", "feat", "secret", "tagged"},
         ("static", "dave"): {"x", "ro", "child", "parent", "feat", "tagged"},
         ("literal-data", "dave"): None,  # checked below
+        # me1 refers to itself (forbidden). spoke is in ToolSet::"closed" only through hub's parents, and
+        # peer1's s3 has level 2, but neither hub nor s3 is in their requests (cedar.md: only the resource's
+        # own static entity is merged per request): spoke is allowed, reading peer1's peer errors (denied).
+        # A batch over the union of the requests' entities would decide both the other way.
+        ("self-describing", "dave"): {"s1", "s2", "me2", "spoke", "twin_a", "twin_b"},
+        ("self-describing", "carol"): {"s1", "s2", "me2", "spoke", "twin_a"},
     }
     for (name, who), expected in cases.items():
         store, config = store_for(tmp_path, f"{name}-{who}", *CORPUS[name])
@@ -366,20 +402,35 @@ class CedarCalls:
 
 
 def test_a_cold_list_is_one_cedar_call(tmp_path, monkeypatch):
-    """The shipped policies and 5,000 unnamed tools plus the five entities.json names: one batch of six."""
+    """The shipped policies and 5,000 unnamed tools plus the five entities.json tools: one batch of three.
+    ``delete_records`` is named by a policy; the four read-only tools of entities.json are one group (alike
+    attributes and parents, and nothing names them but their own entries); the unnamed tools another."""
     config = shipped_sets()[0][1]
     store = PolicyStore(config)
     calls = CedarCalls(monkeypatch)
     names = ["echo", "add", "get_time", "countdown", "delete_records"] + [f"tool_{i}" for i in range(5000)]
     kept = filtered(store, config, SHIPPED_PRINCIPALS["nobody"], "tools/list", items_of("tools/list", names))
     assert kept == ["echo", "add", "get_time", "countdown"]
-    assert calls.sizes == [6]
-    # Another authorizer lists ten of them (one batch of six again), then tools it has never seen: the
+    assert calls.sizes == [3]
+    assert listing_decisions.analyse(store.current).named["Tool"] == {"delete_records"}
+    # Another authorizer lists ten of them (one batch of three again), then tools it has never seen: the
     # unnamed group's decision is remembered for the principal, so no Cedar call at all.
     authorizer = Authorizer(store, config, server_name="mcp")
     filtered(store, config, SHIPPED_PRINCIPALS["nobody"], "tools/list", items_of("tools/list", names[:10]), authorizer)
     filtered(store, config, SHIPPED_PRINCIPALS["nobody"], "tools/list", items_of("tools/list", ["fresh", "names"]), authorizer)
-    assert calls.sizes == [6, 6]
+    assert calls.sizes == [3, 3]
+
+
+def test_an_entitys_own_uid_does_not_name_it_but_a_reference_to_itself_does():
+    """P2: a static entity that is a listed item is grouped by its data (its own ``uid`` is no name);
+    a reference to itself inside its data, or from any other entity, is one."""
+    assert listing_decisions.entity_data_uids({"uid": {"type": "Tool", "id": "t"}, "attrs": {"x": 1}, "parents": []}) == set()
+    assert listing_decisions.entity_data_uids(
+        {"uid": {"type": "Tool", "id": "t"}, "attrs": {"me": ref("Tool", "t")}, "parents": []}) == {("Tool", "t")}
+    assert listing_decisions.entity_data_uids(
+        {"uid": {"type": "Tool", "id": "t"}, "attrs": {}, "parents": [{"type": "Tool", "id": "t"}]}) == {("Tool", "t")}
+    assert listing_decisions.entity_data_uids(
+        {"uid": {"type": "Tool", "id": "t"}, "attrs": {}, "tags": {"k": {"type": "Tool", "id": "u"}}}) == {("Tool", "u")}
 
 
 def test_named_items_are_decided_alone_when_a_policy_reads_a_literals_data(tmp_path, monkeypatch):

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import io
 import json
 import logging
+import os
+import select
 import signal
 import sys
 import time
@@ -28,7 +31,8 @@ from gateway.authz.cedar import Authorizer, PolicyStore
 from gateway.config import AuditConfig, parse_config
 from gateway.mcp.jsonrpc import Message
 from gateway.observe.audit import AUDIT_FLUSH_S, AuditLog
-from gateway.observe.logs import JsonFormatter, RedactingFilter, log_access
+from gateway.observe import logs as logs_module
+from gateway.observe.logs import ACCESS_FLUSH_S, JsonFormatter, LineBuffer, RedactingFilter, log_access
 from gateway.observe.metrics import Metrics
 from tests.factories import RESOURCE, bearer
 
@@ -460,3 +464,130 @@ def test_p1_garbage_collection_is_tuned_once_started(tmp_path):
 
 def test_flush_interval_is_well_within_a_second():
     assert AUDIT_FLUSH_S <= 0.5
+
+
+# -- P1, E3: access lines are held for a moment, never lost, never reordered --------------------------------------
+
+
+def _buffered_logger(stream) -> tuple[logging.Logger, LineBuffer]:
+    handler = LineBuffer(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger(f"gateway.access.buffer-test-{id(stream)}")
+    logger.propagate = False
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    return logger, handler
+
+
+async def test_p1_access_lines_wait_for_the_timer_and_other_lines_write_them_first():
+    stream = io.StringIO()
+    logger, handler = _buffered_logger(stream)
+    log_access(logger, "POST", "/mcp", 200, "first", 0.5)
+    log_access(logger, "POST", "/mcp", 200, "second", 0.5)
+    assert stream.getvalue() == ""  # held: a loop is running
+    logger.warning("a warning")  # any other line writes the held ones first, in order
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line.get("request_id", line["message"]) for line in lines] == ["first", "second", "a warning"]
+    log_access(logger, "POST", "/mcp", 200, "third", 0.5)
+    await asyncio.sleep(ACCESS_FLUSH_S + 0.1)
+    assert json.loads(stream.getvalue().splitlines()[-1])["request_id"] == "third"  # the timer wrote it
+
+
+def test_p1_without_an_event_loop_nothing_is_held_and_flush_writes_what_is():
+    stream = io.StringIO()
+    logger, handler = _buffered_logger(stream)
+    log_access(logger, "GET", "/mcp", 200, "at-once", 0.1)
+    assert json.loads(stream.getvalue())["request_id"] == "at-once"
+
+
+async def test_p1_e3_held_access_lines_are_written_by_flush():
+    stream = io.StringIO()
+    logger, handler = _buffered_logger(stream)
+    for i in range(50):
+        log_access(logger, "POST", "/mcp", 200, f"r{i}", 0.1)
+    assert stream.getvalue() == ""
+    handler.flush()  # what logging.shutdown (at exit) and the end of serve() do
+    assert [json.loads(line)["request_id"] for line in stream.getvalue().splitlines()] == [f"r{i}" for i in range(50)]
+
+
+def test_p1_lines_into_a_pipe_go_in_whole_lines_of_at_most_pipe_buf_bytes():
+    lines = [("x" * 1000) + "\n" for _ in range(10)] + ["é" * 3000 + "\n"]
+    pieces = logs_module._pieces(lines, select.PIPE_BUF)
+    assert "".join(pieces) == "".join(lines)
+    assert all(piece.endswith("\n") for piece in pieces)
+    assert all(len(piece.encode()) <= select.PIPE_BUF for piece in pieces[:-1])  # a longer line goes alone
+    read, write = os.pipe()
+    try:
+        assert logs_module._pipe_piece(os.fdopen(write, "w", closefd=False)) == select.PIPE_BUF
+    finally:
+        os.close(read)
+        os.close(write)
+
+
+async def test_p1_a_running_gateway_writes_its_access_line_within_a_second(serve_gateway, upstream, issuer):
+    gateway = await serve_gateway(upstream.url)
+    async with aiohttp.ClientSession(headers=bearer(issuer.mint())) as http:
+        async with http.post(f"{gateway.url}/mcp", json=CALL, headers={"X-Request-Id": "soon"}) as response:
+            assert response.status == 200
+    answered = time.monotonic()
+    while not any(r.get("request_id") == "soon" and r["logger"] == "gateway.access" for r in gateway.log_records()):
+        assert time.monotonic() - answered < 1.0, "the access line was not written within a second"
+        await asyncio.sleep(0.02)
+
+
+def test_p1_an_access_record_is_the_record_make_record_makes():
+    logger = logging.getLogger("gateway.access.record-test")
+    saved = (logging.logThreads, logging.logProcesses, logging.logMultiprocessing, getattr(logging, "logAsyncioTasks", False))
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging.logAsyncioTasks = False
+    try:
+        made = logs_module._access_record(logger, ("POST", "/mcp", 200))
+        again = logs_module._access_record(logger, ("GET", "/x", 404))  # from the template this time
+        expected = logger.makeRecord(logger.name, logging.INFO, logs_module.__file__, 0, "%s %s %d", ("GET", "/x", 404), None)
+    finally:
+        logging.logThreads, logging.logProcesses, logging.logMultiprocessing, logging.logAsyncioTasks = saved
+    timing = {"created", "msecs", "relativeCreated"}
+    assert set(vars(again)) == set(vars(expected))
+    assert {k: v for k, v in vars(again).items() if k not in timing} == {k: v for k, v in vars(expected).items() if k not in timing}
+    assert abs(again.created - expected.created) < 1 and abs(again.relativeCreated - expected.relativeCreated) < 1000
+    assert 0 <= again.msecs < 1000 and made.getMessage() == "POST /mcp 200" and again.getMessage() == "GET /x 404"
+
+
+# -- Z5, R1: a body that came whole with its headers (read without waiting) is still bounded ----------------------
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+async def test_z5_p1_a_body_over_the_limit_that_arrives_at_once_gets_413(upstream, start_gateway, issuer, framing):
+    client = await start_gateway(upstream.url, server={"max_body_bytes": 1024})
+    body = b'{"jsonrpc": "2.0", "id": 1, "method": "ping", "pad": "' + b"x" * 2000 + b'"}'
+    if framing == "chunked":  # no Content-Length to refuse up front: the bytes read are counted
+        framed = b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
+    else:
+        framed = b"Content-Length: %d\r\n\r\n" % len(body) + body
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    writer.write(b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Authorization: Bearer " + issuer.mint().encode() + b"\r\n" + framed)  # one write: all of it at once
+    await writer.drain()
+    status = await asyncio.wait_for(reader.readline(), 10)
+    writer.close()
+    assert status.split()[1] == b"413"
+    assert upstream.received == []
+
+
+def test_u1_i5_p1_remembered_header_verdicts_still_follow_the_drop_set_and_connection():
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    from gateway.upstream.headers import never_forwarded, upstream_request_headers
+
+    def forwarded(headers: dict[str, str], dropped: frozenset[str]) -> CIMultiDict[str]:
+        return upstream_request_headers(CIMultiDictProxy(CIMultiDict(headers)), dropped=dropped, remote="127.0.0.1",
+                                        public_url="https://mcp.example.com/mcp", upstream_host="up:80")
+
+    plain, stripping = never_forwarded(), never_forwarded(["X-Team"])
+    assert forwarded({"X-Team": "a"}, plain)["X-Team"] == "a"  # remembered as forwardable under `plain`
+    assert "X-Team" not in forwarded({"X-Team": "a"}, stripping)  # another drop set, another verdict
+    assert "X-Team" not in forwarded({"X-Team": "a", "Connection": "x-team"}, plain)  # Connection-named: per request
+    assert forwarded({"X-Team": "a"}, plain)["X-Team"] == "a"
+    sent = forwarded({"Host": "evil", "X-Forwarded-For": "1.2.3.4", "Accept-Encoding": "gzip"}, frozenset())
+    assert sent.getall("Host") == ["up:80"] and sent.getall("X-Forwarded-For") == ["127.0.0.1"]  # the gateway's own
+    assert sent.getall("Accept-Encoding") == ["identity"] and sent["X-Forwarded-Host"] == "mcp.example.com"

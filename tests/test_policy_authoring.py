@@ -104,7 +104,7 @@ def decisions(gateway: ServedGateway, method: str, target: str | None = None) ->
 
 async def metrics(gateway: ServedGateway) -> str:
     async with aiohttp.ClientSession() as http:
-        async with http.get(f"{gateway.url}/metrics") as response:
+        async with http.get(f"{gateway.admin_url}/metrics") as response:
             return await response.text()
 
 

@@ -9,19 +9,21 @@ told apart by
 
 - an entity literal in a policy (``resource == Tool::"a"``, ``resource in [Tool::"a", ...]``,
   ``[Tool::"a"].contains(resource)``, a template link's value), compared with ``==`` / ``in`` / ``contains``;
-- the entity data: a static entity from ``authorization.entities`` that *is* the item (its attributes and
-  parents), or that names it (as a parent, inside an attribute or a tag);
-- the attributes and parents the request gives the item's entity (``Authorizer.listed_entity``: with
-  the tool annotations and titles learned from the upstream (A1) that some policy reads, so items whose
-  learned attributes differ fall into different groups; a named item's cache key has its learned stamp).
+- the entity data: a static entity from ``authorization.entities`` that names the item (as a parent, inside
+  an attribute or a tag; the item's own entry naming itself in its data counts);
+- the attributes, parents and tags of the item's entity as the request builds it
+  (``Authorizer.listed_entity``: a static entity that *is* the item is merged there, and so are the tool
+  annotations and titles learned from the upstream (A1) that some policy reads, so items whose learned
+  attributes differ fall into different groups; a named item's cache key has its learned stamp).
 
 Everything else in the request (principal, action, context) is the same for every item of one list.
 
 So ``analyse`` reads the policy set once per policy load (the PST, ``PolicySet.to_pst``) and the static
-entities, and collects every entity uid they name: an item whose uid is among them is *named* and is
-decided on its own. The other items are grouped by the attributes, parents and tags of their built entity
-and each group is decided once, for a representative that no policy or entity names: the first member's
-request with its id replaced by a fresh one (so a group's answer never depends on which item came first).
+entities, and collects every entity uid they name (an entity's own ``uid`` aside): an item whose uid is
+among them is *named* and is decided on its own. The other items are grouped by ``_shape``: the
+attributes, parents and tags of their built entity (everything of it but its id), and each group is
+decided once, for a representative that no policy or entity names: the first member's request with its
+id replaced by a fresh one (so a group's answer never depends on which item came first).
 Named items and representatives go to Cedar together (``Authorizer.evaluate_all``: one
 ``is_authorized_batch`` call; its decision cache applies), except where a batch could decide otherwise
 than single calls: Cedar evaluates a batch against the union of its requests' entities, so when a policy
@@ -39,7 +41,6 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, is_dataclass
 from typing import TYPE_CHECKING, Any
@@ -138,7 +139,9 @@ def data_uids(value: Any) -> set[Uid]:
     stack = [value]
     while stack:
         item = stack.pop()
-        if isinstance(item, Mapping):
+        # dict and list first: entity JSON is made of them (json.loads, cedar_value); other mappings and
+        # sequences are read the same way, only more slowly (P2: this reads every static entity).
+        if type(item) is dict or (type(item) is not list and isinstance(item, Mapping)):
             if "__expr" in item:  # the old expression escape: cannot be read without evaluating it
                 raise Unanalysable("an __expr in entity data")
             kind, ident = item.get("type"), item.get("id")
@@ -148,6 +151,15 @@ def data_uids(value: Any) -> set[Uid]:
         elif isinstance(item, list | tuple):
             stack.extend(item)
     return found
+
+
+def entity_data_uids(entity: Any) -> set[Uid]:
+    """The uids an entity's *data* names (``data_uids`` of everything but its own ``uid``): an entity
+    that is a listed item but that nothing else names, not even itself, is told apart from the others
+    only by its attributes and parents, which its group's shape holds (``_shape``)."""
+    if isinstance(entity, Mapping):
+        return data_uids([value for key, value in entity.items() if key != "uid"])
+    return data_uids(entity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +180,9 @@ def analyse(policies: LoadedPolicies) -> Analysis:
     if policies.base_entities is not None:
         entities.extend(json.loads(str(policies.base_entities)))
     for entity in entities:
-        own = data_uids(entity)
+        # An entity's own uid is not a name: a static entity describing a tool is that tool's attributes
+        # and parents, which its group's shape holds; a reference to itself in its data is one, though.
+        own = entity_data_uids(entity)
         named |= own
         itself = entity.get("uid") if isinstance(entity, Mapping) else None
         observed.update(kind for kind, ident in own if itself != {"type": kind, "id": ident})
@@ -182,12 +196,15 @@ def analyse(policies: LoadedPolicies) -> Analysis:
     return Analysis({kind: frozenset(ids) for kind, ids in by_type.items()}, frozenset(observed), fresh)
 
 
-_analyses: weakref.WeakKeyDictionary[Authorizer, tuple[LoadedPolicies, Analysis | None]] = weakref.WeakKeyDictionary()
+# The analyses of the last few policy sets loaded, by identity: one per policy load, shared by every
+# Authorizer of the process. Each entry holds its policy set, so an id is not reused while it is kept.
+_analyses: dict[int, tuple[LoadedPolicies, Analysis | None]] = {}
+_ANALYSES_KEPT = 8
 
 
 def analysis_of(authorizer: Authorizer, policies: LoadedPolicies) -> Analysis | None:
-    """The analysis of this policy set (made on its first list), or None: decide every item on its own."""
-    known = _analyses.get(authorizer)
+    """The analysis of this policy set (made on its first use), or None: decide every item on its own."""
+    known = _analyses.get(id(policies))
     if known is not None and known[0] is policies:
         return known[1]
     try:
@@ -195,7 +212,9 @@ def analysis_of(authorizer: Authorizer, policies: LoadedPolicies) -> Analysis | 
     except Exception as exc:  # Unanalysable, or cedarpy cannot give the PST (syntax newer than its nodes)
         log.debug("list items are decided one by one under policy version %d: %s", policies.version, exc)
         result = None
-    _analyses[authorizer] = (policies, result)
+    if len(_analyses) >= _ANALYSES_KEPT:
+        _analyses.clear()
+    _analyses[id(policies)] = (policies, result)
     return result
 
 
@@ -203,11 +222,13 @@ _GROUP = object()  # marks a group's entry in Authorizer._list_cache (item entri
 
 
 def _shape(entity: Mapping[str, Any], default_parents: list[dict[str, str]]) -> str:
-    """What, besides its id, the built entity of a listed item gives Cedar: its group."""
-    attrs, parents, tags = entity.get("attrs") or {}, entity.get("parents") or [], entity.get("tags") or {}
-    if not attrs and not tags and parents == default_parents:
-        return ""
-    return json.dumps([attrs, parents, tags], sort_keys=True)
+    """What, besides its id, the built entity of a listed item gives Cedar: its group. Everything but the
+    ``uid`` (attributes, parents, tags, and whatever ``listed_entity`` adds later, learned annotations
+    say), so two items share a group only if their entities differ in nothing but the id."""
+    rest = {key: value for key, value in entity.items() if key != "uid"}
+    if rest == {"attrs": {}, "parents": default_parents}:
+        return ""  # the usual case, an item nothing describes: no serialization
+    return json.dumps(rest, sort_keys=True)
 
 
 def allowed_items(authorizer: Authorizer, principal: Principal, principal_key: bytes, list_method: str,

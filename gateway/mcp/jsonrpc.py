@@ -179,11 +179,26 @@ def _trace_meta(params: Mapping[str, Any]) -> Any:
 _SEPARATORS = str.maketrans("", "", "_-")
 
 
+# P1: folded keys by key, for the short keys every message repeats ("jsonrpc", "params", "arguments", ...):
+# each key is folded twice per message (duplicates, spelling). Bounded in entries and in key length.
+_FOLDED: dict[str, str] = {}
+_FOLDED_MAX, _FOLDED_KEY_MAX = 4096, 64
+
+
 def fold_key(key: str) -> str:
     """What a lenient parser could take ``key`` for (I2): control and format characters, ``_`` and ``-``
     dropped, then Unicode case folding. Go's encoding/json matches case-insensitively with simple folding
     (``ſ``→``s``, the Kelvin sign→``k``, which ``casefold`` covers); its v2 ``case:ignore`` matching also
     ignores ``_`` and ``-``. Refusing a little more than any one parser equates is the safe side."""
+    folded = _FOLDED.get(key)
+    if folded is None:
+        folded = _fold(key)
+        if len(key) <= _FOLDED_KEY_MAX and len(_FOLDED) < _FOLDED_MAX:
+            _FOLDED[key] = folded
+    return folded
+
+
+def _fold(key: str) -> str:
     if key.isascii() and key.isprintable():
         return key.translate(_SEPARATORS).lower()  # the common case: exactly casefold() for printable ASCII
     kept = "".join(ch for ch in key if unicodedata.category(ch) not in ("Cc", "Cf"))
@@ -235,14 +250,20 @@ def _finite_float(text: str) -> float:
     return value
 
 
+# What json.loads(text, **these) builds on every call, built once (P1): it keeps no state between documents.
+_STRICT_DECODER = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant,
+                                   parse_float=_finite_float, parse_int=_safe_int)
+
+
 def loads_strict(body: bytes) -> Any:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise MalformedMessage("not_utf8", "body is not UTF-8", parse_error=True) from exc
+    if text.startswith("\ufeff"):  # what json.loads says of it (the decoder alone would say less)
+        raise MalformedMessage("invalid_json", "not JSON: Unexpected UTF-8 BOM", parse_error=True)
     try:
-        document = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant,
-                              parse_float=_finite_float, parse_int=_safe_int)
+        document = _STRICT_DECODER.decode(text)
     except MalformedMessage:
         raise
     except RecursionError as exc:
@@ -368,11 +389,15 @@ def _checked(obj: Any, where: str) -> tuple[Message, dict[str, Any]]:
     return message, wire
 
 
+# What json.dumps(document, ensure_ascii=False, separators=(",", ":"), allow_nan=False) builds per call (P1).
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def serialize(document: Any) -> bytes:
     """I1: compact UTF-8 JSON without a BOM. A lone surrogate (``"\\ud800"``), which other parsers replace,
     drop or refuse, cannot be encoded and is refused here rather than read differently upstream."""
     try:
-        return json.dumps(document, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        return _COMPACT.encode(document).encode("utf-8")
     except UnicodeEncodeError as exc:
         raise MalformedMessage("lone_surrogate", "a string holds a lone UTF-16 surrogate", parse_error=True) from exc
 

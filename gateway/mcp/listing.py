@@ -75,11 +75,12 @@ _RESULT = "result"
 _LIST_KEY = re.compile(b'"(?:' + b"|".join(re.escape(key.encode()) for key in _FOLDED) + b')"', re.IGNORECASE)
 _LETTER_ESCAPE = re.compile(rb"\\u(?:00[4-7][0-9a-fA-F]|017[fF])")
 _SPELLED_OTHERWISE = ("\u017f".encode(), b"\x00")
+_LONG_S = _SPELLED_OTHERWISE[0]
 
 
 def mentions_a_list_key(raw: bytes) -> bool:
     """False only for bytes that no JSON reader can find a list key in, whatever their shape."""
-    if any(marker in raw for marker in _SPELLED_OTHERWISE) or _LIST_KEY.search(raw) is not None:
+    if _LONG_S in raw or b"\x00" in raw or _LIST_KEY.search(raw) is not None:
         return True
     return b"\\u" in raw and _LETTER_ESCAPE.search(raw) is not None
 

@@ -33,6 +33,11 @@ UPDATED = "notifications/resources/updated"
 _MAY_MENTION = re.compile(rb"updated|\\u00[4-7][0-9a-fA-F]", re.IGNORECASE)
 
 
+def may_mention(raw: bytes) -> bool:
+    """False only for an answer that cannot hold a update this module rewrites (the proxy's pre-check)."""
+    return _MAY_MENTION.search(raw) is not None
+
+
 def _members(obj: dict[str, Any], name: str) -> list[str]:
     return [key for key in obj if fold(key) == name]
 

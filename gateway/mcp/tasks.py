@@ -51,6 +51,11 @@ MAX_TASK_ID = 1024  # bytes of an upstream id the gateway seals; a longer one st
 _MAY_MENTION = re.compile(rb'"task(?:id|ids|s)?"|notifications\\?/tasks|\\u00[4-7][0-9a-f]', re.IGNORECASE)
 
 
+def may_mention(raw: bytes) -> bool:
+    """False only for an answer that cannot hold a task this module rewrites (the proxy's pre-check)."""
+    return _MAY_MENTION.search(raw) is not None
+
+
 class TaskNotFound(NotFound):
     default_message = "Task not found"
 

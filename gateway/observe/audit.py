@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 AUDIT_FLUSH_S = 0.2
 AUDIT_BUFFER_BYTES = 256 * 1024  # a busy second's worth is written without waiting for the timer
 _ENCODER = json.JSONEncoder(default=str)
-_KEYS: dict[str, str] = {}  # field names as JSON strings (a handful, from the endpoint's calls)
+_KEYS: dict[str, str] = {}  # ', "name": ' per field name (a handful, from the endpoint's calls)
 
 
 def _json_value(value: Any) -> str:
@@ -90,7 +90,8 @@ class AuditLog:
     def record(self, **fields: Any) -> None:
         if not self.enabled:
             return
-        parts = [f'{{"time": "{self._time(time.time())}", "type": "audit"']
+        parts = ['{"time": "', self._time(time.time()), '", "type": "audit"']
+        append = parts.append
         for key, value in fields.items():
             kind = type(value)
             if kind is str:
@@ -105,9 +106,10 @@ class AuditLog:
                 text = _json_value(value)
             name = _KEYS.get(key)
             if name is None:
-                name = _KEYS[key] = _json_string(key)
-            parts.append(f", {name}: {text}")
-        parts.append("}\n")
+                name = _KEYS[key] = f", {_json_string(key)}: "
+            append(name)
+            append(text)
+        append("}\n")
         line = "".join(parts)
         self._lines.append(line)
         self._size += len(line)

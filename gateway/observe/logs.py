@@ -23,10 +23,15 @@ to do. ``JsonFormatter`` writes lines whose fields are strings and numbers by ha
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import logging
 import math
+import os
 import re
+import select
+import stat
 import sys
 import time
 from json.encoder import encode_basestring_ascii as _json_string
@@ -243,6 +248,7 @@ class MalformedHttpFilter(logging.Filter):
 
 
 _PLAIN_METHODS = frozenset({"GET", "POST", "DELETE", "OPTIONS", "HEAD", "PUT", "PATCH"})
+_ACCESS_TEMPLATES: dict[str, dict[str, Any]] = {}  # logger name -> the attributes of one access record
 
 
 def log_access(logger: logging.Logger, method: str, path: str, status: int, request_id: str, duration_ms: float) -> None:
@@ -250,27 +256,166 @@ def log_access(logger: logging.Logger, method: str, path: str, status: int, requ
 
     The method, the path and the request id are the client's (a method is any token, ``eyJ….….…``
     included), so each is redacted here, once; the record is marked ``redacted`` for ``RedactingFilter``.
-    Emitted as a record of ``logger``, so levels, handlers and formats apply as to any other line.
+    Emitted as a record of ``logger``, so levels, handlers and formats apply as to any other line; it is
+    also marked ``access_line``, which ``LineBuffer`` holds for a moment (P1).
     """
     if not logger.isEnabledFor(logging.INFO):
         return
     if method not in _PLAIN_METHODS:
         method = redact(method)
     path, request_id = redact(path), redact(request_id)
-    record = logger.makeRecord(logger.name, logging.INFO, __file__, 0, "%s %s %d", (method, path, status), None)
+    record = _access_record(logger, (method, path, status))
     record.fields = {"request_id": request_id, "method": method, "path": path, "status": status, "duration_ms": duration_ms}
     record.redacted = True
+    record.access_line = True
     logger.handle(record)
 
 
+def _access_record(logger: logging.Logger, args: tuple[Any, ...]) -> logging.LogRecord:
+    """What ``logger.makeRecord`` makes for an access line, without its per-record work on the source path
+    (always this file) and its thread and process look-ups (``configure_logging`` turns them off): a copy
+    of one record made once per logger, with this moment's time. Made by ``makeRecord`` whenever logging
+    is set up to look anything up per record, or records are made another way."""
+    if (logging.logThreads or logging.logProcesses or logging.logMultiprocessing or getattr(logging, "logAsyncioTasks", False)
+            or logging.getLogRecordFactory() is not logging.LogRecord or type(logger).makeRecord is not logging.Logger.makeRecord):
+        return logger.makeRecord(logger.name, logging.INFO, __file__, 0, "%s %s %d", args, None)
+    template = _ACCESS_TEMPLATES.get(logger.name)
+    if template is None:
+        template = vars(logger.makeRecord(logger.name, logging.INFO, __file__, 0, "%s %s %d", (), None)).copy()
+        if len(_ACCESS_TEMPLATES) < 64:
+            _ACCESS_TEMPLATES[logger.name] = template
+    record = logging.LogRecord.__new__(logging.LogRecord)
+    record.__dict__.update(template)
+    now = time.time()
+    record.created = now
+    record.msecs = int((now - int(now)) * 1000) + 0.0
+    record.relativeCreated = template["relativeCreated"] + (now - template["created"]) * 1000
+    record.args = args
+    return record
+
+
+# P1: access lines wait at most this long (or until this many characters are held) before they are
+# written, all at once; any other line writes them first, so the order of lines is kept.
+ACCESS_FLUSH_S = 0.2
+ACCESS_BUFFER_CHARS = 64 * 1024
+
+
+class LineBuffer(logging.StreamHandler):  # type: ignore[type-arg]
+    """The log handler: every line written at once, except access lines (one per request, ``log_access``),
+    which are held for up to ``ACCESS_FLUSH_S`` and written together. Held lines are written by the next
+    line that is not an access line, by the timer, by ``flush()`` (``logging.shutdown`` at exit, and the
+    end of ``gateway.app.serve``), or when ``ACCESS_BUFFER_CHARS`` are held. Without a running event loop
+    (start-up, a script) nothing is held. Into a pipe (a container's stderr, shared by the workers) the
+    lines go in writes of whole lines of at most ``PIPE_BUF`` bytes, which the kernel keeps whole."""
+
+    def __init__(self, stream: Any = None):
+        super().__init__(stream)
+        self._held: list[str] = []
+        self._size = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._piece = _pipe_piece(self.stream)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+            return
+        try:
+            if record.__dict__.get("access_line") is True and self._hold(line):
+                return
+            self._held.append(line)
+            self._write_held()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def _hold(self, line: str) -> bool:
+        """Keep ``line`` for a timer to write; False when there is no event loop to run one."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        self._held.append(line)
+        self._size += len(line)
+        if self._size >= ACCESS_BUFFER_CHARS:
+            self._write_held()
+        elif self._timer is None:
+            self._timer = loop.call_later(ACCESS_FLUSH_S, self.flush)
+        return True
+
+    def _write_held(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        lines, self._held, self._size = self._held, [], 0
+        for piece in _pieces(lines, self._piece):
+            self.stream.write(piece)
+        self.stream.flush()
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            if self._held:
+                try:
+                    self._write_held()
+                except Exception:  # as StreamHandler does with a line it cannot write: report, go on
+                    if logging.raiseExceptions:
+                        import traceback
+
+                        traceback.print_exc(file=sys.__stderr__)
+            elif self.stream and hasattr(self.stream, "flush"):
+                self.stream.flush()
+        finally:
+            self.release()
+
+
+def _pipe_piece(stream: Any) -> int | None:
+    try:
+        mode = os.fstat(stream.fileno()).st_mode
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+    return select.PIPE_BUF if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) else None
+
+
+def _pieces(lines: list[str], piece: int | None) -> list[str]:
+    """The lines joined into writes: one, or whole lines of at most ``piece`` bytes each (a longer line alone)."""
+    if piece is None or len(lines) == 1:
+        return ["".join(lines)]
+    out: list[str] = []
+    current: list[str] = []
+    size = 0
+    for line in lines:
+        length = len(line.encode("utf-8", "surrogateescape")) if not line.isascii() else len(line)
+        if current and size + length > piece:
+            out.append("".join(current))
+            current, size = [], 0
+        current.append(line)
+        size += length
+    out.append("".join(current))
+    return out
+
+
+def flush_logs() -> None:
+    """Write whatever the root logger's handlers hold (the end of ``serve``)."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+
+
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
-    # Neither format writes thread or process names: do not look them up for every record (P1; the
+    # Neither format writes thread, process or task names: do not look them up for every record (P1; the
     # logging HOWTO's "Optimization").
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    handler = logging.StreamHandler(sys.stderr)
+    logging.logAsyncioTasks = False  # Python 3.12+; unused before
+    handler = LineBuffer(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()
+    for old in root.handlers:
+        old.flush()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # aiohttp's own access log is replaced by the gateway's (one line per request, with a reason).

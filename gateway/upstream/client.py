@@ -165,6 +165,11 @@ class UpstreamResponse:
         return self._buffered + len(self._tail)
 
     @property
+    def arrived_whole(self) -> bool:
+        """The whole body is here and none of it was read yet (``read()`` then takes it in one piece)."""
+        return self._done and self._decoder is None and self._error is None and not self._tail
+
+    @property
     def complete(self) -> bool:
         """The whole body arrived and was read."""
         return self._done and not self._chunks and not self._tail and self._decoder is None and self._error is None

@@ -83,6 +83,11 @@ UPSTREAM_ONLY_RESPONSE_HEADERS = frozenset({
 })
 
 
+# P1: header names as CGI-style servers compare them, by lower-cased name (names repeat on every request).
+_DASHED: dict[str, str] = {}
+_DASHED_MAX = 4096
+
+
 def check_client_headers(headers: CIMultiDictProxy[str]) -> None:
     """I4: refuse what two hops could read differently. Raises ``BadRequest`` or ``Forbidden``."""
     seen: set[str] = set()
@@ -96,7 +101,11 @@ def check_client_headers(headers: CIMultiDictProxy[str]) -> None:
             # MCP clients do not compress requests. Refusing them keeps zlib off the request path: no
             # decompression bombs, no half-decoded bodies, and the bytes decided are the bytes received.
             raise UnsupportedMediaType("content_encoding", f"Content-Encoding {value[:30]!r} (requests are not decompressed)")
-        dashed = _SEPARATORS.sub("-", lower)
+        dashed = _DASHED.get(lower)
+        if dashed is None:
+            dashed = _SEPARATORS.sub("-", lower)
+            if len(_DASHED) < _DASHED_MAX:
+                _DASHED[lower] = dashed
         if dashed in MCP_HEADERS or dashed.startswith(MCP_PARAM_PREFIX):
             if dashed != lower:
                 raise BadRequest("underscore_header", f"{name[:60]!r} is another spelling of an MCP header")
@@ -112,6 +121,8 @@ def check_client_headers(headers: CIMultiDictProxy[str]) -> None:
 
 def connection_named_headers(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
     """Header names listed in ``Connection`` are hop-by-hop too (RFC 9110 §7.6.1)."""
+    if "Connection" not in headers:
+        return set()
     return {
         token.strip().lower()
         for value in headers.getall("Connection", [])
@@ -127,6 +138,34 @@ def never_forwarded(extra: Iterable[str] = ()) -> frozenset[str]:
             | {n.lower() for n in extra})
 
 
+# P1: what ``upstream_request_headers`` decided about a header name, by the name as sent (names repeat on
+# every request): True to forward it, False to drop it. Only decisions that depend on nothing but the
+# name and the ``dropped`` set are kept; Connection-named headers are checked on every request.
+_NAME_VERDICTS: dict[tuple[frozenset[str], str], bool] = {}
+_SET_BY_GATEWAY = frozenset({"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "accept-encoding"})
+_NAME_VERDICTS_MAX = 4096
+
+
+def _forwardable_name(name: str, dropped: frozenset[str]) -> bool:
+    key = (dropped, name)
+    verdict = _NAME_VERDICTS.get(key)
+    if verdict is None:
+        lower = name.lower()
+        verdict = not (lower in dropped or lower in _SET_BY_GATEWAY or lower.startswith(IDENTITY_CLAIMING_PREFIXES)) \
+            and _FORWARDABLE_NAME.fullmatch(name) is not None
+        if len(_NAME_VERDICTS) < _NAME_VERDICTS_MAX:
+            _NAME_VERDICTS[key] = verdict
+    return verdict
+
+
+def _forwarded_parts(public_url: str) -> tuple[str, str]:
+    public = urlsplit(public_url)
+    return public.scheme, public.netloc
+
+
+_PUBLIC_PARTS: dict[str, tuple[str, str]] = {}
+
+
 def upstream_request_headers(
     client_headers: CIMultiDictProxy[str],
     *,
@@ -140,28 +179,32 @@ def upstream_request_headers(
     identity-claiming prefixes, underscore names and ``Connection``-named headers, plus the gateway's own.
     ``add`` is what the gateway sets (request id, upstream credential, identity), applied last."""
     named = connection_named_headers(client_headers)
-    headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in client_headers.items():
-        lower = name.lower()
-        if lower in dropped or lower in named or lower.startswith(IDENTITY_CLAIMING_PREFIXES):
-            continue
-        if not _FORWARDABLE_NAME.fullmatch(name) or not value.isascii():
-            continue
-        headers.add(name, value)
-    public = urlsplit(public_url)
-    headers["Host"] = upstream_host
-    # Set from what the gateway knows, never from what the client claims (D4's rule applies here too).
-    headers["X-Forwarded-For"] = remote or "unknown"
-    headers["X-Forwarded-Proto"] = public.scheme
-    headers["X-Forwarded-Host"] = public.netloc
-    # Plain bytes on the loopback hop: no compression work on either side, and SSE stays unbuffered.
-    headers["Accept-Encoding"] = "identity"
+    kept = [(name, value) for name, value in client_headers.items()
+            if _forwardable_name(name, dropped) and value.isascii() and (not named or name.lower() not in named)]
+    parts = _PUBLIC_PARTS.get(public_url)
+    if parts is None:
+        parts = _PUBLIC_PARTS[public_url] = _forwarded_parts(public_url)  # one configured URL per process
+    # The gateway's own, none of which a client's header can be (_SET_BY_GATEWAY is never forwarded).
+    kept += (
+        ("Host", upstream_host),
+        # Set from what the gateway knows, never from what the client claims (D4's rule applies here too).
+        ("X-Forwarded-For", remote or "unknown"),
+        ("X-Forwarded-Proto", parts[0]),
+        ("X-Forwarded-Host", parts[1]),
+        # Plain bytes on the loopback hop: no compression work on either side, and SSE stays unbuffered.
+        ("Accept-Encoding", "identity"),
+    )
+    headers: CIMultiDict[str] = CIMultiDict(kept)
     if add:
         for name, value in add.items():
             headers[name] = value
     return headers
 
 
+_NEVER_RETURNED = HOP_BY_HOP_HEADERS | UPSTREAM_ONLY_RESPONSE_HEADERS
+
+
 def client_response_headers(upstream_headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    dropped = HOP_BY_HOP_HEADERS | UPSTREAM_ONLY_RESPONSE_HEADERS | connection_named_headers(upstream_headers)
-    return CIMultiDict((k, v) for k, v in upstream_headers.items() if k.lower() not in dropped)
+    named = connection_named_headers(upstream_headers)
+    dropped = _NEVER_RETURNED | named if named else _NEVER_RETURNED
+    return CIMultiDict([(k, v) for k, v in upstream_headers.items() if k.lower() not in dropped])

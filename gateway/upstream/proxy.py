@@ -133,6 +133,7 @@ class UpstreamProxy:
         transform_json: Callable[[bytes], bytes] | None = None,
         transform_event: Callable[[bytes], bytes | None] | None = None,
         require_transform: bool = False,
+        may_rewrite: Callable[[bytes], bool] | None = None,
     ) -> web.StreamResponse:
         """Send the request upstream and relay the answer.
 
@@ -140,8 +141,10 @@ class UpstreamProxy:
         status and headers before the client does (session binding). ``transform_json`` rewrites a whole
         ``application/json`` body that may hold a list, other JSON bodies stream past it (R2, module
         docstring); ``transform_event`` rewrites each SSE event (Z4 list filtering). ``require_transform``:
-        a list was asked for, so the answer must be filterable. Without transforms bytes pass untouched,
-        event streams chunk by chunk.
+        a list was asked for, so the answer must be filterable. ``may_rewrite``: a pre-check beside the list
+        keys' for a whole JSON answer that ``transform_json`` may change for another reason (M4 task ids, M3
+        resource updates); False only when it cannot. Without transforms bytes pass untouched, event streams
+        chunk by chunk.
         """
         started = time.perf_counter()
         try:
@@ -200,7 +203,7 @@ class UpstreamProxy:
             if transform_json is not None and is_json(upstream.headers.get("Content-Type")):
                 return await self._relay_json(
                     request, upstream, response_headers, transform_json, strict=require_transform,
-                    request_id=headers.get("X-Request-Id"),
+                    request_id=headers.get("X-Request-Id"), may_rewrite=may_rewrite,
                 )
             if transform_json is not None and require_transform and 200 <= upstream.status < 300 and upstream.status != 202:
                 # A list was asked for and the answer is neither JSON nor SSE: it cannot be filtered (Z4).
@@ -237,10 +240,18 @@ class UpstreamProxy:
         *,
         strict: bool,
         request_id: str | None = None,
+        may_rewrite: Callable[[bytes], bool] | None = None,
     ) -> web.StreamResponse:
         """R2, Z4: hold a JSON answer only while it may be a list; stream the rest (module docstring)."""
         limit = self.config.max_list_bytes
         length = upstream.content_length
+        if upstream.arrived_whole and upstream.buffered <= min(STREAM_AFTER, limit):
+            # P1: all of it came with the headers and it is under both bounds (the usual small answer): what
+            # the loop below would do in one round. Unscanned only when no list can be in it, unasked.
+            whole = await self._read_chunk(upstream)
+            return web.Response(status=upstream.status, headers=headers,
+                                body=transform_json(whole) if strict or mentions_a_list_key(whole)
+                                or (may_rewrite is not None and may_rewrite(whole)) else whole)
         holds_a_list = strict  # from here on: the answer is read whole (up to `limit`) and filtered
         pieces: list[bytes] = []
         size = 0
@@ -255,7 +266,12 @@ class UpstreamProxy:
                 break  # no list key in the first STREAM_AFTER bytes: stream the rest
             chunk = await self._read_chunk(upstream)
             if not chunk:  # the whole answer is here: the filter reads it as one document
-                return web.Response(status=upstream.status, headers=headers, body=transform_json(b"".join(pieces)))
+                whole = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                # P1: an answer the scan found no list key in, when no list was asked for, is what the filter
+                # would return unchanged (its own first step is the same scan); otherwise the filter reads it.
+                return web.Response(status=upstream.status, headers=headers,
+                                    body=transform_json(whole) if holds_a_list
+                                    or (may_rewrite is not None and may_rewrite(whole)) else whole)
             pieces.append(chunk)
             size += len(chunk)
             if not holds_a_list:
