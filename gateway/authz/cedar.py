@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import cedarpy
-from cachetools import TTLCache
 
 from gateway.auth.principal import Principal
 from gateway.authz.entities import (
@@ -36,7 +35,7 @@ from gateway.authz.entities import (
     uid,
 )
 from gateway.config import AuthorizationConfig
-from gateway.memo import ByteBoundedMemo
+from gateway.memo import ByteBoundedMemo, ByteBudgetCache
 from gateway.mcp.catalogue import ToolCatalogue
 from gateway.mcp.jsonrpc import Message
 
@@ -253,6 +252,8 @@ class PolicyStore:
         self.reloads = 0
         self.failed_reloads = 0
         self._refused: tuple[Any, ...] | None = None
+        # Called with the new policies after each swap (the authorizer drops what it cached for the old set).
+        self.on_reload: list[Callable[[LoadedPolicies], None]] = []
         log.info("loaded %d Cedar policies (version %d)", self.current.policy_count, self.current.version,
                  extra={"fields": {"policy_version": self.current.version}})
 
@@ -273,6 +274,8 @@ class PolicyStore:
         self.reloads += 1
         log.info("policies reloaded: version %d, %d policies", loaded.version, loaded.policy_count,
                  extra={"fields": {"policy_version": loaded.version}})
+        for listener in self.on_reload:
+            listener(loaded)
         return True
 
     async def watch(self, interval: float = 1.0) -> None:
@@ -330,20 +333,48 @@ class CedarRequest:
         return f"CedarRequest({self.as_request()!r}, entities={self.entities!r})"
 
 
+# R2: what the decision caches may hold. Entries are counted in bytes (``decision_entry_size``,
+# ``listing_entry_size``): a fixed cost per entry, measured with tracemalloc for the largest key a request
+# can make (its client-chosen part is at most 128 characters, else hashed: Authorizer.build), plus every
+# character of text the entry holds beyond that (policy names, error messages, listed item names).
+DECISION_BUDGET_BYTES = 8 * 1024 * 1024  # ~12,000 decisions of a typical policy set
+LISTING_BUDGET_BYTES = 4 * 1024 * 1024  # ~11,000 listing decisions (an item of a list, or a group of alike items)
+DECISION_TTL_S = 300.0
+DECISION_ENTRY_BYTES = 700  # the key (up to 128 characters of the request), the cache's slot, the Decision
+LISTING_ENTRY_BYTES = 380  # the key (principal digest, version, method, item), the cache's slot
+TEXT_BYTES = 64  # what a str costs besides its characters
+SHARED_DECISIONS = 256  # distinct Decision objects kept for sharing between entries (per policy version)
+PRINCIPAL_DIGESTS = 4096  # principals whose entity digest is remembered (then forgotten all at once)
+
+
+def decision_entry_size(key: Any, decision: Decision) -> int:
+    text = decision.policies + decision.errors
+    return DECISION_ENTRY_BYTES + sum(len(item) + TEXT_BYTES for item in text)
+
+
+def listing_entry_size(key: tuple[Any, ...], verdict: bool) -> int:
+    # The item's name is the upstream's (any length); a group's key holds its shape's JSON (static entities).
+    return LISTING_ENTRY_BYTES + sum(len(part) for part in key if isinstance(part, str))
+
+
 class Authorizer:
     def __init__(self, store: PolicyStore, config: AuthorizationConfig, *, server_name: str,
-                 list_cache_size: int = 100_000, decision_cache_size: int = 50_000):
+                 listing_budget_bytes: int = LISTING_BUDGET_BYTES, decision_budget_bytes: int = DECISION_BUDGET_BYTES):
         self.store = store
         self.group_claims = tuple(config.group_claims)
         self.server_name = server_name
+        self._listing_budget, self._decision_budget = listing_budget_bytes, decision_budget_bytes
         # Z4: listing decisions per (principal attributes, policy version, item): a list of hundreds of
         # tools costs hundreds of decisions once, then dictionary look-ups.
-        self._list_cache: TTLCache[tuple[Any, ...], bool] = TTLCache(maxsize=list_cache_size, ttl=300)
-        # Whole decisions by everything they read (CedarRequest.key; bounded; entries also age out).
-        self._decisions: TTLCache[Any, Decision] = TTLCache(maxsize=decision_cache_size, ttl=300)
+        self._list_cache: ByteBudgetCache[tuple[Any, ...], bool] = self._new_listing_cache()
+        # Whole decisions by everything they read (CedarRequest.key; bounded in bytes; entries also age out).
+        self._decisions: ByteBudgetCache[Any, Decision] = self._new_decision_cache()
+        # Equal decisions share one object (most are "allowed by the same policy"), which makes an entry
+        # smaller than it is counted. Per policy version, at most SHARED_DECISIONS of them.
+        self._shared: dict[Decision, Decision] = {}
         # P1: a digest of each principal's entity, made once per Principal (the token cache hands out the
         # same object for every request with that token). By id, holding the principal, so an id is never
-        # reused while its entry lives; cleared when full.
+        # reused while its entry lives; cleared when full (at most PRINCIPAL_DIGESTS principals held here).
         self._principal_digests: dict[int, tuple[Principal, bytes]] = {}
         # Filtered list answers by (listing scope, hash of the upstream's bytes): servers answer tools/list
         # with the same bytes again and again, and the same caller then gets the same filtered bytes.
@@ -351,6 +382,30 @@ class Authorizer:
         self.filtered_lists: ByteBoundedMemo = ByteBoundedMemo()
         # What the upstream says of its tools (from the tools/list answers relayed): spelling checks today.
         self.catalogue = ToolCatalogue()
+        store.on_reload.append(self._forget_old_policies)
+
+    def _new_listing_cache(self) -> ByteBudgetCache[tuple[Any, ...], bool]:
+        return ByteBudgetCache(self._listing_budget, sizeof=listing_entry_size, ttl=DECISION_TTL_S)
+
+    def _new_decision_cache(self) -> ByteBudgetCache[Any, Decision]:
+        return ByteBudgetCache(self._decision_budget, sizeof=decision_entry_size, ttl=DECISION_TTL_S)
+
+    def _forget_old_policies(self, policies: LoadedPolicies) -> None:
+        """R2: every cached decision and filtered list names its policy version, so none of the old set's can
+        be used again: drop them now rather than let them fill the caches until they expire."""
+        self._list_cache = self._new_listing_cache()
+        self._decisions = self._new_decision_cache()
+        self._shared = {}
+        self.filtered_lists.clear()
+
+    def _remember(self, key: Any, decision: Decision, version: int) -> Decision:
+        if version != self.store.current.version:
+            return decision  # decided under a set that was replaced meanwhile: not kept
+        shared = self._shared.get(decision)
+        if shared is None and not decision.errors and len(self._shared) < SHARED_DECISIONS:
+            shared = self._shared[decision] = decision
+        self._decisions[key] = shared or decision
+        return shared or decision
 
     def listing_scope(self, principal: Principal) -> bytes:
         """What list filtering depends on besides the list itself: the caller's attributes and the policies."""
@@ -418,7 +473,7 @@ class Authorizer:
             return entry[1]
         entity = principal_entity(principal, self.group_claims)
         digest = hashlib.sha256(json.dumps([entity, principal.token_type], sort_keys=True).encode()).digest()
-        if len(self._principal_digests) >= 10_000:
+        if len(self._principal_digests) >= PRINCIPAL_DIGESTS:
             self._principal_digests.clear()
         self._principal_digests[id(principal)] = (principal, digest)
         return digest
@@ -465,10 +520,10 @@ class Authorizer:
                 fresh.append((index, key, request))
         if len(fresh) == 1:
             index, key, request = fresh[0]
-            decisions[index] = self._decisions[key] = self._evaluate(policies, request, json.dumps(request.entities))
+            decisions[index] = self._remember(key, self._evaluate(policies, request, json.dumps(request.entities)), policies.version)
         elif fresh:
             for (index, key, _), decision in zip(fresh, self._evaluate_batch(policies, [f[2] for f in fresh]), strict=True):
-                decisions[index] = self._decisions[key] = decision
+                decisions[index] = self._remember(key, decision, policies.version)
         return [decision for decision in decisions if decision is not None]
 
     def _evaluate_batch(self, policies: LoadedPolicies, requests: list[CedarRequest]) -> list[Decision]:
