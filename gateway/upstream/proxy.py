@@ -39,7 +39,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -133,6 +133,7 @@ class UpstreamProxy:
         transform_json: Callable[[bytes], bytes] | None = None,
         transform_event: Callable[[bytes], bytes | None] | None = None,
         require_transform: bool = False,
+        decide_ahead: Callable[[bytes, bool], Awaitable[None]] | None = None,
     ) -> web.StreamResponse:
         """Send the request upstream and relay the answer.
 
@@ -141,7 +142,8 @@ class UpstreamProxy:
         ``application/json`` body that may hold a list, other JSON bodies stream past it (R2, module
         docstring); ``transform_event`` rewrites each SSE event (Z4 list filtering). ``require_transform``:
         a list was asked for, so the answer must be filterable. Without transforms bytes pass untouched,
-        event streams chunk by chunk.
+        event streams chunk by chunk. ``decide_ahead(raw, is_event)`` is awaited before a whole body or an
+        event is transformed: the list filter makes its decisions there, yielding the loop (R4).
         """
         started = time.perf_counter()
         try:
@@ -193,14 +195,14 @@ class UpstreamProxy:
                 try:
                     return await self._relay_event_stream(
                         request, upstream, response_headers, transform_event, strict=require_transform,
-                        request_id=headers.get("X-Request-Id"),
+                        request_id=headers.get("X-Request-Id"), decide_ahead=decide_ahead,
                     )
                 finally:
                     self._standalone_streams.discard(upstream)
             if transform_json is not None and is_json(upstream.headers.get("Content-Type")):
                 return await self._relay_json(
                     request, upstream, response_headers, transform_json, strict=require_transform,
-                    request_id=headers.get("X-Request-Id"),
+                    request_id=headers.get("X-Request-Id"), decide_ahead=decide_ahead,
                 )
             if transform_json is not None and require_transform and 200 <= upstream.status < 300 and upstream.status != 202:
                 # A list was asked for and the answer is neither JSON nor SSE: it cannot be filtered (Z4).
@@ -237,6 +239,7 @@ class UpstreamProxy:
         *,
         strict: bool,
         request_id: str | None = None,
+        decide_ahead: Callable[[bytes, bool], Awaitable[None]] | None = None,
     ) -> web.StreamResponse:
         """R2, Z4: hold a JSON answer only while it may be a list; stream the rest (module docstring)."""
         limit = self.config.max_list_bytes
@@ -255,7 +258,10 @@ class UpstreamProxy:
                 break  # no list key in the first STREAM_AFTER bytes: stream the rest
             chunk = await self._read_chunk(upstream)
             if not chunk:  # the whole answer is here: the filter reads it as one document
-                return web.Response(status=upstream.status, headers=headers, body=transform_json(b"".join(pieces)))
+                whole = b"".join(pieces)
+                if decide_ahead is not None:
+                    await decide_ahead(whole, False)
+                return web.Response(status=upstream.status, headers=headers, body=transform_json(whole))
             pieces.append(chunk)
             size += len(chunk)
             if not holds_a_list:
@@ -333,6 +339,7 @@ class UpstreamProxy:
         *,
         strict: bool = False,
         request_id: str | None = None,
+        decide_ahead: Callable[[bytes, bool], Awaitable[None]] | None = None,
     ) -> web.StreamResponse:
         headers.setdefault("Cache-Control", "no-cache")
         headers["X-Accel-Buffering"] = "no"  # tell any buffering proxy in front of us not to
@@ -341,7 +348,7 @@ class UpstreamProxy:
         if self.metrics is not None:
             self.metrics.open_streams.inc()
         try:
-            await self._pump(upstream, response, transform_event, strict=strict, request_id=request_id)
+            await self._pump(upstream, response, transform_event, strict=strict, request_id=request_id, decide_ahead=decide_ahead)
         finally:
             if self.metrics is not None:
                 self.metrics.open_streams.dec()
@@ -355,6 +362,7 @@ class UpstreamProxy:
         *,
         strict: bool = False,
         request_id: str | None = None,
+        decide_ahead: Callable[[bytes, bool], Awaitable[None]] | None = None,
     ) -> None:
         """Copy the upstream body as it arrives. An upstream dying mid-stream ends the stream cleanly."""
         limit = self.config.max_list_bytes
@@ -381,6 +389,8 @@ class UpstreamProxy:
                             self.metrics.upstream_errors.labels("upstream_list_too_large").inc()
                         return
                     try:
+                        if decide_ahead is not None:
+                            await decide_ahead(raw, True)
                         event = transform_event(raw)
                     except Exception:
                         # Headers are sent, so no error status is possible: end the stream rather than
