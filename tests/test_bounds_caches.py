@@ -178,3 +178,18 @@ def test_r2_byte_budget_cache_entries_expire():
     assert cache.currsize == 11
     clock.now = 15
     assert len(cache) == 0 and cache.currsize == 0
+
+
+def test_r2_a_principals_digest_goes_with_the_principal(tmp_path):
+    """The digest map held every principal it had seen (up to 10,000, each with its claims) after the token
+    caches had let it go: fresh tokens made it grow for the whole soak."""
+    authorizer, _, _ = authorizer_for(tmp_path)
+    callers = [principal(n) for n in range(100)]
+    for caller in callers:
+        authorizer.decide_all(caller, [call("tool_1", {})])
+    assert len(authorizer._principal_digests) == 100
+    kept = callers[:10]
+    del callers, caller
+    gc.collect()
+    assert len(authorizer._principal_digests) == 10
+    assert all(authorizer._principal_digest(p) == authorizer._principal_digests[id(p)][1] for p in kept)

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -376,9 +377,10 @@ class Authorizer:
         # smaller than it is counted. Per policy version, at most SHARED_DECISIONS of them.
         self._shared: dict[Decision, Decision] = {}
         # P1: a digest of each principal's entity, made once per Principal (the token cache hands out the
-        # same object for every request with that token). By id, holding the principal, so an id is never
-        # reused while its entry lives; cleared when full (at most PRINCIPAL_DIGESTS principals held here).
-        self._principal_digests: dict[int, tuple[Principal, bytes]] = {}
+        # same object for every request with that token). By id, with a weak reference: an entry goes when
+        # its principal does (the token caches let it go), so it never outlives it nor keeps it alive (R2),
+        # and a reused id is never mistaken for it; at most PRINCIPAL_DIGESTS, then cleared.
+        self._principal_digests: dict[int, tuple[weakref.ref[Principal], bytes]] = {}
         # Filtered list answers by (listing scope, hash of the upstream's bytes): servers answer tools/list
         # with the same bytes again and again, and the same caller then gets the same filtered bytes.
         # R2: bounded in bytes (16 MiB in all, no entry over 1 MiB; gateway.memo), list answers only.
@@ -471,14 +473,21 @@ class Authorizer:
         )
 
     def _principal_digest(self, principal: Principal) -> bytes:
-        entry = self._principal_digests.get(id(principal))
-        if entry is not None and entry[0] is principal:
+        key = id(principal)
+        digests = self._principal_digests
+        entry = digests.get(key)
+        if entry is not None and entry[0]() is principal:
             return entry[1]
         entity = principal_entity(principal, self.group_claims)
         digest = hashlib.sha256(json.dumps([entity, principal.token_type], sort_keys=True).encode()).digest()
-        if len(self._principal_digests) >= PRINCIPAL_DIGESTS:
-            self._principal_digests.clear()
-        self._principal_digests[id(principal)] = (principal, digest)
+        if len(digests) >= PRINCIPAL_DIGESTS:
+            digests.clear()
+
+        def forget(ref: weakref.ref[Principal]) -> None:
+            if digests.get(key, (None,))[0] is ref:  # (a newer principal may hold the id by now)
+                del digests[key]
+
+        digests[key] = (weakref.ref(principal, forget), digest)
         return digest
 
     def decide(self, principal: Principal, message: Message, *, listing: bool = False) -> Decision:
