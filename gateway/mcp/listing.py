@@ -283,13 +283,16 @@ class ListFilter:
             document = _loads(text) if text else None
         except (UnicodeDecodeError, _Unreadable):
             return
-        for method, names in _lists_in(document):
-            if self._allowed is None:
-                self._allowed = self._make_check(scope)
-            check_many_async = getattr(self._allowed, "check_many_async", None)
-            if check_many_async is None:
-                return
-            await check_many_async(method, names)
+        try:
+            for method, names in _lists_in(document):
+                if self._allowed is None:
+                    self._allowed = self._make_check(scope)
+                check_many_async = getattr(self._allowed, "check_many_async", None)
+                if check_many_async is None:
+                    return
+                await check_many_async(method, names)
+        except Exception as exc:  # (never CancelledError) the filter decides all the same, on its own
+            log.warning("list decisions ahead of the filter failed (%s); the filter makes them", type(exc).__name__)
 
     # -- JSON bodies ------------------------------------------------------------------------------------
 
