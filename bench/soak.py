@@ -7,8 +7,9 @@ JWKS and introspection, the last two on listeners of their own), the MCP upstrea
 (``bench/soak_upstream.py``: tools/call, a 500-tool tools/list, SSE streams) and the gateway as a real
 ``python -m gateway serve --config FILE`` process with Cedar policies. Then:
 
-1. calibrates: small ``tools/call`` closed-loop (16 clients) for 10 s; the soak runs open-loop at 70 % of
-   that rate;
+1. calibrates: the bulk of the mix (small ``tools/call`` from several principals, opaque-token calls and
+   500-tool lists, in the soak's shares: ``soak_load.CALIBRATION_MIX``) closed-loop (16 clients) for 10 s;
+   the soak runs open-loop at 70 % of that rate;
 2. runs the mix of ``soak_load.KINDS`` for ``SOAK_S`` seconds: valid calls (several JWT principals, fresh
    JWTs, opaque tokens), 500-tool lists, long SSE streams, hostile requests and slow clients;
 3. injects faults on a schedule scaled to ``SOAK_S``: the JWKS refusing then hanging, and back with a
@@ -45,7 +46,9 @@ import aiohttp
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from soak_load import KIND_INDEX, KINDS, LOST, CalibrationFailed, Load, Timeline, Window, classify, closed_loop  # noqa: E402
+from soak_load import (  # noqa: E402
+    CALIBRATION_MIX, KIND_INDEX, KINDS, LOST, CalibrationFailed, Load, Timeline, Window, classify, closed_loop,
+)
 from soak_parts import (  # noqa: E402
     CLOCK_TICKS, FORBIDDEN_TOOL, LATER_FORBIDDEN_TOOL, LOOPBACK, POLICIES_BROKEN, POLICIES_GOOD, POLICIES_START, ROOT,
     GatewaySettings, Part, SoakIssuer, free_port, gateway_config, machine, scrape_metrics, write_atomically, write_json,
@@ -84,8 +87,9 @@ def mix(total: float) -> dict[str, float]:
     """The open-loop rates: fixed rates for the special kinds, shares of ``total`` for lists and opaque
     tokens, and the rest small JWT calls."""
     rates = dict(FIXED_RATES)
-    rates["list"] = max(2.0, 0.02 * total)
-    rates["call_opaque"] = max(2.0, 0.03 * total)
+    shares = {kind: share / 100 for kind, share in CALIBRATION_MIX}  # the shares the capacity was measured in
+    rates["list"] = max(2.0, shares["list"] * total)
+    rates["call_opaque"] = max(2.0, shares["call_opaque"] * total)
     rates["call"] = max(10.0, total - sum(rates.values()))
     return rates
 
@@ -162,7 +166,7 @@ async def soak(run: Run) -> Load:
         await load.open_session()
 
         # 1. calibrate
-        await closed_loop(load, 2.0, CALIBRATION_CLIENTS)  # warm the connections and caches
+        await closed_loop(load, 2.0, CALIBRATION_CLIENTS)  # warm the connections and caches (every call body and principal)
         cpu_before, upstream_before, driver_before = gateway.cpu_seconds() or 0.0, upstream.cpu_seconds() or 0.0, driver_cpu()
         machine_before = machine_cpu()[0]
         count, elapsed = 0, 0.0
@@ -178,7 +182,7 @@ async def soak(run: Run) -> Load:
         run.capacity = count / elapsed
         run.target = LOAD_FRACTION * run.capacity
         run.rates = mix(run.target)
-        print(f"calibration: {run.capacity:,.0f} calls/s at {CALIBRATION_CLIENTS} clients (CPU, share of one core: gateway "
+        print(f"calibration: {run.capacity:,.0f} requests/s of the mix at {CALIBRATION_CLIENTS} clients (CPU, share of one core: gateway "
               f"{run.calibration_cpu:.0%}, upstream {run.calibration_upstream_cpu:.0%}, clients {run.calibration_driver_cpu:.0%}); "
               f"soak at {sum(run.rates.values()):,.0f} requests/s", flush=True)
         await asyncio.sleep(1.0)
@@ -431,7 +435,7 @@ def rss_where(run: Run, warm_point: float, t: Timeline) -> str:
             outside += k1 - k0
     return (f"Of the change after warm-up, {during / 1024:+.1f} MiB came while a fault was active (or within {SETTLE_S:g} s after it) "
             f"and {outside / 1024:+.1f} MiB outside the faults (where a steady leak would show; growth during faults includes "
-            "the backlogs they cause, and a policy change keeps the old version's cached decisions until they expire).")
+            "the backlogs they cause: Python keeps the memory a peak of requests in flight needed, to use again).")
 
 
 def rss_at(samples: list[tuple[float, int]], when: float, *, before: bool) -> int | None:
@@ -557,7 +561,7 @@ def write_report(run: Run, load: Load, output: Path, command: str) -> bool:
         f"- versions: Python {platform.python_version()}, aiohttp {version('aiohttp')}, cedarpy {version('cedarpy')}, "
         f"mcp-auth-gateway {version('mcp-auth-gateway')} from {gateway_source(run.gateway_tree)}",
         f"- command: `{command}`",
-        f"- capacity: {run.capacity:,.0f} small `tools/call`/s, closed loop with {CALIBRATION_CLIENTS} clients for {CALIBRATION_S:g} s "
+        f"- capacity: {run.capacity:,.0f} requests/s of the mix ({calibration_mix()}), closed loop with {CALIBRATION_CLIENTS} clients for {CALIBRATION_S:g} s "
         f"({', '.join(f'{v:,.0f}' for v in run.calibration_windows)} in its {CALIBRATION_WINDOWS} pieces); "
         f"CPU meanwhile, as shares of one core: gateway {run.calibration_cpu:.0%}, upstream {run.calibration_upstream_cpu:.0%}, "
         f"the soak's clients {run.calibration_driver_cpu:.0%}, other work {run.calibration_other_cpu:.0%} (two cores in all, shared with whatever else runs here: load average "
@@ -565,7 +569,7 @@ def write_report(run: Run, load: Load, output: Path, command: str) -> bool:
         f"- load: open loop at {LOAD_FRACTION:.0%} of that: {planned:,.0f} requests/s planned, {achieved:,.0f}/s sent "
         f"(client lag p99 {ms(percentile(lag, 99))} ms, wait for a pooled connection p99 {ms(percentile(queueing, 99))} ms, at most {load.max_in_flight} in flight); CPU over the soak: gateway "
         f"{cpu_share:.0%} of one core ({cpu_share / achieved * 1e6 if achieved else float('nan'):,.0f} µs per request of the mix, against "
-        f"{run.calibration_cpu / run.capacity * 1e6 if run.capacity else float('nan'):,.0f} µs per small call in the calibration), "
+        f"{run.calibration_cpu / run.capacity * 1e6 if run.capacity else float('nan'):,.0f} µs per request in the calibration), "
         f"the soak's clients {run.soak_driver_cpu:.0%}, other work on the machine {other_share:.0%}; plus {sum(KEPT_OPEN.values())} long-lived connections kept open (streams and slow clients)",
         f"- gateway: `python -m gateway serve`, {run.settings.log_level} JSON logs and audit events to files; "
         f"header_timeout {run.settings.header_timeout:g}s, body_timeout {run.settings.body_timeout:g}s, "
@@ -809,6 +813,11 @@ def _s(value) -> str:
     return "-" if value is None else f"{value:.1f}s"
 
 
+def calibration_mix() -> str:
+    what = {"call": "small `tools/call`", "call_opaque": "opaque-token calls", "list": "500-tool `tools/list`"}
+    return ", ".join(f"{share} % {what[kind]}" for kind, share in sorted(CALIBRATION_MIX, key=lambda item: -item[1]))
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")[:200]
 
@@ -830,7 +839,7 @@ def write_calibration_failure(run: Run, failure: str, output: Path, command: str
         + ("; ".join(f"{n} × {_cell(m)}" for m, n in facts["errors"].most_common(5)) or "none"),
         "", "The last lines of the gateway's log:", "", "```", *(_cell(line) for line in tail), "```", "",
         "| criterion | result | measured |", "|---|---|---|",
-        f"| The gateway answers small calls under load (calibration) | FAIL | {failure} |", "",
+        f"| The gateway answers the mix under load (calibration) | FAIL | {failure} |", "",
     ]
     output.write_text("\n".join(lines))
 

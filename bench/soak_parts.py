@@ -99,12 +99,15 @@ class Endpoint:
     async def set(self, mode: Mode) -> None:
         if mode == self.mode:
             return
-        self._on_failing(mode == "failing")
         serving = ("up", "failing")
         if mode in serving and self.mode in serving:
+            self._on_failing(mode == "failing")
             self.mode = mode  # the same listener, other answers
             return
+        # Down first, then the answers: a listener still closing must not answer 200 after "failing" (the
+        # soak once saw a new opaque token accepted in the middle of the introspection outage).
         await self._leave()
+        self._on_failing(mode == "failing")
         if mode in serving:
             self._runner = web.AppRunner(self._app_factory(), access_log=None, shutdown_timeout=0.5)
             await self._runner.setup()

@@ -32,7 +32,7 @@ from gateway.auth.principal import Principal
 from gateway.auth.scopes import ScopeRequirements
 from gateway.auth.step_up import StepUpRules
 from gateway.auth.sender import RequestFacts
-from gateway.authz.cedar import Authorizer
+from gateway.authz.cedar import DECISION_PIECE, Authorizer
 from gateway.config import Config
 from gateway.edge.challenge import Challenges
 from gateway.edge.origin import OriginPolicy
@@ -244,7 +244,7 @@ class McpEndpoint:
             self.scopes.check(state.principal, state.batch.messages if state.batch else ())  # T10
             if state.batch is not None:
                 state.stage = "policy"
-                self.authorize(state.principal, state.batch, state)  # Z1-Z3
+                await self.authorize(state.principal, state.batch, state)  # Z1-Z3
                 if self.step_up:
                     state.stage = "step_up"
                     self.check_step_up(state.principal, state.batch, state)  # A6
@@ -265,10 +265,13 @@ class McpEndpoint:
         self.metrics.request_counts("forwarded", response.status).inc()
         return response
 
-    def authorize(self, principal: Principal, batch: Batch, state: _RequestState) -> None:
-        """Z1, Z3, Z5: every evaluated message must be allowed; one denial refuses the whole batch."""
+    async def authorize(self, principal: Principal, batch: Batch, state: _RequestState) -> None:
+        """Z1, Z3, Z5: every evaluated message must be allowed; one denial refuses the whole batch. A large
+        batch is decided in pieces that yield the event loop (R4, ``Authorizer.decide_all_async``)."""
         evaluated = [message for message in batch.messages if message.evaluated]
-        for message, decision in zip(evaluated, self.authorizer.decide_all(principal, evaluated), strict=True):
+        decisions = (self.authorizer.decide_all(principal, evaluated) if len(evaluated) <= DECISION_PIECE
+                     else await self.authorizer.decide_all_async(principal, evaluated))
+        for message, decision in zip(evaluated, decisions, strict=True):
             self.metrics.decision_counts("allow" if decision.allowed else "deny", decision.reason).inc()
             self._audit(state, message, "allow" if decision.allowed else "deny", decision.reason,
                         policies=decision.policies, policy_version=decision.policy_version, errors=decision.errors or None,
@@ -434,6 +437,7 @@ class McpEndpoint:
             transform_event=transform_event,
             require_transform=lists_asked,
             may_rewrite=_may_name_a_task_or_update if transform_json is not None else None,
+            decide_ahead=list_filter.decide_ahead if list_filter else None,  # R4
         )
 
     def _may_read(self, principal: Principal, uri: str) -> bool:

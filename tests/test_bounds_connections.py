@@ -129,3 +129,66 @@ async def test_r1_a_long_stream_is_not_cut_by_the_header_timer(serve_gateway, up
                              headers={"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}) as response:
             text = await response.text()
     assert response.status == 200 and text.count("data: ") == 5
+
+
+def test_r1_header_clock_stops_when_the_headers_are_parsed_not_when_the_handler_runs():
+    """Under CPU starvation a request can be parsed, whole and in time, and reach the application several loop
+    turns later. The header timer must not close it meanwhile (the soak saw complete requests cut). The
+    starvation is real: right after aiohttp's parser has read the headers, a callback holds the event loop for
+    longer than ``header_timeout``, as a burst of other requests' work would. On the loop ``serve`` runs on
+    (uvloop, gateway.app.run), due timers run before the callbacks queued meanwhile, so a clock stopped only
+    when the request reached the middleware fired first and closed the connection."""
+    from gateway.app import run
+
+    run(_header_clock_under_starvation())
+
+
+async def _header_clock_under_starvation() -> None:
+    from aiohttp.web_protocol import RequestHandler
+
+    from gateway.edge.connections import ConnectionGuard
+
+    header_timeout = 0.3
+    guard = ConnectionGuard(header_timeout=header_timeout, max_connections=16)
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="hello")
+
+    app = web.Application(middlewares=[guard.middleware])
+    app.router.add_get("/", hello)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    loop = asyncio.get_running_loop()
+    starved: list[float] = []
+
+    class StarvedAfterParsing(RequestHandler):  # aiohttp's own protocol, then a busy loop
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if b"\r\n\r\n" in data and not starved:
+                starved.append(header_timeout * 2)
+                loop.call_soon(time.sleep, header_timeout * 2)  # the loop is busy elsewhere before the handler runs
+
+    def protocol():
+        return guard.protocol(StarvedAfterParsing(runner.server, loop=loop))
+
+    server = await loop.create_server(protocol, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.sleep(header_timeout / 3)  # accepted: the connection's header clock runs
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # the whole request, well within the timeout
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(65536), 5)
+        assert starved, "the starvation was not injected"
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        assert guard.header_timeouts == 0
+        # The clock still runs for a request that never completes on the same connection.
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        await writer.drain()
+        assert await closed_within(reader, 5) < header_timeout + 1
+        assert guard.header_timeouts == 1
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+        await runner.cleanup()

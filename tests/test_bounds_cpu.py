@@ -83,3 +83,74 @@ async def test_r5_claims_nested_too_deeply_are_a_401_not_a_500(serve_gateway, up
         async with http.post(f"{gateway.url}/mcp", json=call(1), headers=bearer(token)) as response:
             assert response.status == 401
     assert "Traceback" not in gateway.log_text() and upstream.received == []
+
+
+# -- R4: cold decisions in pieces that yield the event loop -------------------------------------------------
+
+# Many policies that name tools and read a literal's data: every named tool is then decided in a Cedar call of
+# its own (gateway.authz.listing_decisions), each call evaluating every policy. A cold list or batch costs
+# the gateway a second or more of CPU here: it must not hold the event loop for all of it.
+HEAVY_TOOLS = 2000
+
+
+def heavy_policies(folder) -> None:
+    (folder / "allow-all.cedar").write_text("permit (principal, action, resource);\n" + "\n".join(
+        f'forbid (principal, action == Action::"tools/call", resource == Tool::"tool_{i}") when {{ Tool::"tool_{i}" has sensitive }};'
+        for i in range(0, HEAVY_TOOLS, 2)))
+
+
+async def probe_while(gateway, work) -> tuple[float, float, object]:
+    """Runs ``work`` against the gateway while /healthz (on the admin listener: the same event loop) is asked every 10 ms; returns how long the work took,
+    the longest /healthz answer meanwhile, and the work's result."""
+    import asyncio
+
+    waits: list[float] = []
+    done = asyncio.Event()
+
+    async def probe(http: aiohttp.ClientSession) -> None:
+        while not done.is_set():
+            started = time.perf_counter()
+            async with http.get(f"{gateway.admin_url}/healthz") as response:
+                assert response.status == 200
+            waits.append(time.perf_counter() - started)
+            await asyncio.sleep(0.01)
+
+    async with aiohttp.ClientSession() as http:
+        prober = asyncio.create_task(probe(http))
+        await asyncio.sleep(0.1)
+        started = time.perf_counter()
+        result = await work()
+        took = time.perf_counter() - started
+        done.set()
+        await prober
+    return took, max(waits), result
+
+
+async def test_r4_a_cold_list_of_thousands_of_tools_does_not_hold_the_event_loop(serve_gateway, upstream, issuer, policies_dir):
+    heavy_policies(policies_dir)
+
+    async def tools_list(request, received):
+        tools = [{"name": f"tool_{i}", "inputSchema": {"type": "object"}} for i in range(HEAVY_TOOLS)]
+        return aiohttp.web.json_response({"jsonrpc": "2.0", "id": 1, "result": {"tools": tools}})
+
+    upstream.behaviour = tools_list
+    gateway = await serve_gateway(upstream.url)
+
+    async def cold_list():
+        return await post(gateway, issuer, json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).encode())
+
+    took, longest, (status, body) = await probe_while(gateway, cold_list)
+    assert status == 200 and len(body["result"]["tools"]) == HEAVY_TOOLS
+    assert took > 0.3, f"the cold list took {took:.2f}s: too cheap to show anything"
+    assert longest < took / 3, f"/healthz waited {longest:.2f}s while the cold list took {took:.2f}s"
+
+
+async def test_r4_a_large_batch_of_cold_decisions_does_not_hold_the_event_loop(serve_gateway, upstream, issuer, policies_dir):
+    heavy_policies(policies_dir)
+    gateway = await serve_gateway(upstream.url, server={"max_batch": 1000})
+    batch = json.dumps([call(2 * i + 1) for i in range(800)]).encode()  # odd tools: allowed, each decided alone
+
+    took, longest, (status, _) = await probe_while(gateway, lambda: post(gateway, issuer, batch))
+    assert status == 200
+    assert took > 0.3, f"the batch took {took:.2f}s: too cheap to show anything"
+    assert longest < took / 3, f"/healthz waited {longest:.2f}s while the batch took {took:.2f}s"

@@ -459,7 +459,9 @@ def test_p1_garbage_collection_is_tuned_once_started(tmp_path):
               "print(gc.get_threshold()[0], gc.get_freeze_count() > 0)")
     output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
                             cwd=Path(__file__).parent.parent).stdout.split()
-    assert output == ["50000", "True"]
+    # P1: young collections rarer than Python's default (700); R2: not so rare that the cyclic garbage of
+    # failed requests piles up for minutes (gateway.app.tune_garbage_collection).
+    assert 700 < int(output[0]) <= 10_000 and output[1] == "True"
 
 
 def test_flush_interval_is_well_within_a_second():

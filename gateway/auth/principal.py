@@ -24,7 +24,7 @@ STANDARD_CLAIMS = frozenset({"sub", "iss", "client_id", "azp", "scope", "scp"})
 CLIENT_ID_CLAIMS = ("client_id", "azp", "cid", "appid")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True, weakref_slot=True)  # (weak: Authorizer's digests never keep one alive)
 class Principal:
     issuer: str
     subject: str

@@ -19,13 +19,13 @@ import json
 import logging
 import os
 import re
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import cedarpy
-from cachetools import TTLCache
 from cedarpy import pst
 
 from gateway.auth.principal import Principal
@@ -37,7 +37,7 @@ from gateway.authz.entities import (
     uid,
 )
 from gateway.config import AuthorizationConfig
-from gateway.memo import ByteBoundedMemo
+from gateway.memo import ByteBoundedMemo, ByteBudgetCache
 from gateway.authz.pins import PinsError, PinStore
 from gateway.mcp.catalogue import DefinitionChange, ToolCatalogue
 from gateway.mcp.jsonrpc import Message
@@ -323,6 +323,8 @@ class PolicyStore:
         self.reloads = 0
         self.failed_reloads = 0
         self._refused: tuple[Any, ...] | None = None
+        # Called with the new policies after each swap (the authorizer drops what it cached for the old set).
+        self.on_reload: list[Callable[[LoadedPolicies], None]] = []
         self.current: LoadedPolicies = None  # type: ignore[assignment] # set below, or None for a candidate
         try:
             self.current = load_policies(config)
@@ -355,6 +357,8 @@ class PolicyStore:
         self.reloads += 1
         log.info("%s policies reloaded: version %d, %d policies", self.kind, loaded.version, loaded.policy_count,
                  extra={"fields": {"policy_version": loaded.version, "policy_kind": self.kind}})
+        for listener in self.on_reload:
+            listener(loaded)
         return True
 
     async def watch(self, interval: float = 1.0) -> None:
@@ -421,6 +425,33 @@ class CedarRequest:
         return f"CedarRequest({self.as_request()!r}, entities={self.entities!r})"
 
 
+# R2: what the decision caches may hold. Entries are counted in bytes (``decision_entry_size``,
+# ``listing_entry_size``): a fixed cost per entry, measured with tracemalloc for the largest key a request
+# can make (its client-chosen part is at most 128 characters, else hashed: Authorizer.build), plus every
+# character of text the entry holds beyond that (policy names, error messages, listed item names).
+DECISION_BUDGET_BYTES = 8 * 1024 * 1024  # ~12,000 decisions of a typical policy set
+LISTING_BUDGET_BYTES = 4 * 1024 * 1024  # ~11,000 listing decisions (an item of a list, or a group of alike items)
+DECISION_TTL_S = 300.0
+DECISION_ENTRY_BYTES = 700  # the key (up to 128 characters of the request), the cache's slot, the Decision
+LISTING_ENTRY_BYTES = 380  # the key (principal digest, version, method, item), the cache's slot
+TEXT_BYTES = 64  # what a str costs besides its characters
+SHARED_DECISIONS = 256  # distinct Decision objects kept for sharing between entries (per policy version)
+# R4: messages of one batch decided between two yields of the event loop (Authorizer.decide_all_async):
+# one Cedar call, about a millisecond with a small policy set.
+DECISION_PIECE = 25
+PRINCIPAL_DIGESTS = 4096  # principals whose entity digest is remembered (then forgotten all at once)
+
+
+def decision_entry_size(key: Any, decision: Decision) -> int:
+    text = decision.policies + decision.errors
+    return DECISION_ENTRY_BYTES + sum(len(item) + TEXT_BYTES for item in text)
+
+
+def listing_entry_size(key: tuple[Any, ...], verdict: bool) -> int:
+    # The item's name is the upstream's (any length); a group's key holds its shape's JSON (static entities).
+    return LISTING_ENTRY_BYTES + sum(len(part) for part in key if isinstance(part, str))
+
+
 class Authorizer:
     """Decisions for one gateway. Usable offline too (``policy explain``, ``policy test``):
 
@@ -435,21 +466,26 @@ class Authorizer:
     """
 
     def __init__(self, store: PolicyStore, config: AuthorizationConfig, *, server_name: str,
-                 list_cache_size: int = 100_000, decision_cache_size: int = 50_000,
+                 listing_budget_bytes: int = LISTING_BUDGET_BYTES, decision_budget_bytes: int = DECISION_BUDGET_BYTES,
                  catalogue: ToolCatalogue | None = None):
         self.store = store
         self.group_claims = tuple(config.group_claims)
         self.server_name = server_name
         self.deny_changed_tools = config.tool_changes == "deny"  # A2
+        self._listing_budget, self._decision_budget = listing_budget_bytes, decision_budget_bytes
         # Z4: listing decisions per (principal attributes, policy version, item): a list of hundreds of
         # tools costs hundreds of decisions once, then dictionary look-ups.
-        self._list_cache: TTLCache[tuple[Any, ...], bool] = TTLCache(maxsize=list_cache_size, ttl=300)
-        # Whole decisions by everything they read (CedarRequest.key; bounded; entries also age out).
-        self._decisions: TTLCache[Any, Decision] = TTLCache(maxsize=decision_cache_size, ttl=300)
+        self._list_cache: ByteBudgetCache[tuple[Any, ...], bool] = self._new_listing_cache()
+        # Whole decisions by everything they read (CedarRequest.key; bounded in bytes; entries also age out).
+        self._decisions: ByteBudgetCache[Any, Decision] = self._new_decision_cache()
+        # Equal decisions share one object (most are "allowed by the same policy"), which makes an entry
+        # smaller than it is counted. Per policy version, at most SHARED_DECISIONS of them.
+        self._shared: dict[Decision, Decision] = {}
         # P1: a digest of each principal's entity, made once per Principal (the token cache hands out the
-        # same object for every request with that token). By id, holding the principal, so an id is never
-        # reused while its entry lives; cleared when full.
-        self._principal_digests: dict[int, tuple[Principal, bytes]] = {}
+        # same object for every request with that token). By id, with a weak reference: an entry goes when
+        # its principal does (the token caches let it go), so it never outlives it nor keeps it alive (R2),
+        # and a reused id is never mistaken for it; at most PRINCIPAL_DIGESTS, then cleared.
+        self._principal_digests: dict[int, tuple[weakref.ref[Principal], bytes]] = {}
         # Filtered list answers by (listing scope, hash of the upstream's bytes): servers answer tools/list
         # with the same bytes again and again, and the same caller then gets the same filtered bytes.
         # R2: bounded in bytes (16 MiB in all, no entry over 1 MiB; gateway.memo), list answers only.
@@ -459,6 +495,7 @@ class Authorizer:
         self.catalogue = catalogue if catalogue is not None else ToolCatalogue()  # (an empty one is falsy)
         if catalogue is None:
             self.catalogue.deny_changed = self.deny_changed_tools
+        store.on_reload.append(self._forget_old_policies)
         self.pins: PinStore | None = None
         if config.tool_pins is not None and catalogue is None:
             try:
@@ -474,7 +511,7 @@ class Authorizer:
         candidates = candidate_config(config)
         if candidates is not None and catalogue is None:
             self.candidate = Authorizer(PolicyStore(candidates, kind="candidate"), candidates, server_name=server_name,
-                                        list_cache_size=list_cache_size, decision_cache_size=decision_cache_size,
+                                        listing_budget_bytes=listing_budget_bytes, decision_budget_bytes=decision_budget_bytes,
                                         catalogue=self.catalogue)
 
     def reload_if_changed(self) -> list[DefinitionChange]:
@@ -501,6 +538,29 @@ class Authorizer:
         if not attrs:
             return {}
         return {name: attrs[name] for name in policies.learned_read if name in attrs}
+
+    def _new_listing_cache(self) -> ByteBudgetCache[tuple[Any, ...], bool]:
+        return ByteBudgetCache(self._listing_budget, sizeof=listing_entry_size, ttl=DECISION_TTL_S)
+
+    def _new_decision_cache(self) -> ByteBudgetCache[Any, Decision]:
+        return ByteBudgetCache(self._decision_budget, sizeof=decision_entry_size, ttl=DECISION_TTL_S)
+
+    def _forget_old_policies(self, policies: LoadedPolicies) -> None:
+        """R2: every cached decision and filtered list names its policy version, so none of the old set's can
+        be used again: drop them now rather than let them fill the caches until they expire."""
+        self._list_cache = self._new_listing_cache()
+        self._decisions = self._new_decision_cache()
+        self._shared = {}
+        self.filtered_lists.clear()
+
+    def _remember(self, key: Any, decision: Decision, version: int) -> Decision:
+        if version != self.store.current.version:
+            return decision  # decided under a set that was replaced meanwhile: not kept
+        shared = self._shared.get(decision)
+        if shared is None and not decision.errors and len(self._shared) < SHARED_DECISIONS:
+            shared = self._shared[decision] = decision
+        self._decisions[key] = shared or decision
+        return shared or decision
 
     def listing_scope(self, principal: Principal) -> bytes:
         """What list filtering depends on besides the list itself: the caller's attributes and the policies."""
@@ -578,14 +638,21 @@ class Authorizer:
         )
 
     def _principal_digest(self, principal: Principal) -> bytes:
-        entry = self._principal_digests.get(id(principal))
-        if entry is not None and entry[0] is principal:
+        key = id(principal)
+        digests = self._principal_digests
+        entry = digests.get(key)
+        if entry is not None and entry[0]() is principal:
             return entry[1]
         entity = principal_entity(principal, self.group_claims)
         digest = hashlib.sha256(json.dumps([entity, principal.token_type], sort_keys=True).encode()).digest()
-        if len(self._principal_digests) >= 10_000:
-            self._principal_digests.clear()
-        self._principal_digests[id(principal)] = (principal, digest)
+        if len(digests) >= PRINCIPAL_DIGESTS:
+            digests.clear()
+
+        def forget(ref: weakref.ref[Principal]) -> None:
+            if digests.get(key, (None,))[0] is ref:  # (a newer principal may hold the id by now)
+                del digests[key]
+
+        digests[key] = (weakref.ref(principal, forget), digest)
         return digest
 
     def decide(self, principal: Principal, message: Message, *, listing: bool = False) -> Decision:
@@ -637,6 +704,20 @@ class Authorizer:
         return Decision(False, "tool_definition_changed", policy_version=decision.policy_version,
                         candidate=decision.candidate)
 
+    async def decide_all_async(self, principal: Principal, messages: list[Message]) -> list[Decision]:
+        """``decide_all`` for the event loop (R4): ``DECISION_PIECE`` messages at a time, yielding the loop
+        between pieces (cedarpy holds the GIL while it decides: a thread would hold the loop all the same).
+        A policy reload between pieces would mix two versions in one batch: then the batch is decided
+        again, whole, under the current one."""
+        decisions: list[Decision] = []
+        for start in range(0, len(messages), DECISION_PIECE):
+            if start:
+                await asyncio.sleep(0)
+            decisions.extend(self.decide_all(principal, messages[start:start + DECISION_PIECE]))
+        if len({decision.policy_version for decision in decisions}) > 1:
+            return self.decide_all(principal, messages)
+        return decisions
+
     def _batch_is_safe(self) -> bool:
         """Whether a batch may be decided in one Cedar call. That call sees the union of the requests'
         entities, which a single call would not: a policy that reads another resource's data through a literal
@@ -666,10 +747,10 @@ class Authorizer:
                 fresh.append((index, key, request))
         if len(fresh) == 1:
             index, key, request = fresh[0]
-            decisions[index] = self._decisions[key] = self._evaluate(policies, request, json.dumps(request.entities))
+            decisions[index] = self._remember(key, self._evaluate(policies, request, json.dumps(request.entities)), policies.version)
         elif fresh:
             for (index, key, _), decision in zip(fresh, self._evaluate_batch(policies, [f[2] for f in fresh]), strict=True):
-                decisions[index] = self._decisions[key] = decision
+                decisions[index] = self._remember(key, decision, policies.version)
         return [decision for decision in decisions if decision is not None]
 
     def _evaluate_batch(self, policies: LoadedPolicies, requests: list[CedarRequest]) -> list[Decision]:

@@ -9,9 +9,11 @@ descriptor and ``/healthz`` stopped answering. ``ConnectionGuard`` adds the two 
 - at most ``server.max_connections`` client connections are open at once; one more is closed at once.
 
 It works at the asyncio level: ``GuardedSite`` listens like ``web.TCPSite`` and wraps each aiohttp protocol
-in a ``GuardedProtocol`` that forwards every call and keeps the header timer. The guard learns that a
-request's headers were complete when the request reaches the application (``middleware``), and that the
-connection is idle again when the application has finished with it. The body has its own limit
+in a ``GuardedProtocol`` that forwards every call and keeps the header timer. The clock stops when aiohttp's
+parser has read a request's headers, in the ``data_received`` call that completed them: not when the
+request reaches the application, which under CPU starvation can be several loop turns later, too late
+for a request that arrived whole in time. The guard learns from its ``middleware`` when the application
+has finished with a request, and so when the connection is idle again. The body has its own limit
 (``server.body_timeout``, enforced where the body is read).
 """
 
@@ -39,6 +41,8 @@ class GuardedProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._admitted = False
         self.in_flight = 0  # requests the application is handling on this connection
+        self._parsed = 0  # requests whose headers aiohttp's parser has read (its request count)
+        self._started = 0  # requests that reached the application
 
     # -- the header timer ------------------------------------------------------------------------------
 
@@ -51,15 +55,20 @@ class GuardedProtocol(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
 
+    def _idle(self) -> bool:
+        """No request on this connection is parsed and waiting for the application, or in it."""
+        return self.in_flight == 0 and self._started >= self._parsed
+
     def _expire(self) -> None:
         self._timer = None
-        if self.in_flight == 0 and self._transport is not None and not self._transport.is_closing():
+        if self._idle() and self._transport is not None and not self._transport.is_closing():
             self._guard.header_timeouts += 1
             log.info("closed a connection whose request headers did not arrive within %gs", self._guard.header_timeout)
             self._transport.abort()
 
     def request_started(self) -> None:
         self.in_flight += 1
+        self._started += 1
         self._disarm()
 
     def request_finished(self) -> None:
@@ -81,9 +90,16 @@ class GuardedProtocol(asyncio.Protocol):
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if self.in_flight == 0:
+        if self._idle():
             self._arm()  # the first bytes of a request: its headers are on the clock from now
         self._inner.data_received(data)
+        # aiohttp's RequestHandler counts the requests its parser has completed (a parse error counts too: it
+        # is answered 400 and the connection closed). Without that count (another aiohttp), the clock stops
+        # in the middleware, as a fallback.
+        parsed = getattr(self._inner, "_request_count", None)
+        if isinstance(parsed, int) and parsed > self._parsed:
+            self._parsed = parsed
+            self._disarm()  # the headers are in: their clock stops here, however long the handler takes to run
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received() if self._admitted else None

@@ -115,6 +115,25 @@ def _dumps(document: Any) -> str:
         raise _Unreadable(f"{type(exc).__name__}") from exc
 
 
+def _lists_in(document: Any) -> list[tuple[str, list[str], list[Any]]]:
+    """(list method, item names, items) of every list result in a parsed body or event, as
+    ``filter_document`` finds them (for ``ListFilter.decide_ahead``)."""
+    found = []
+    for message in document if isinstance(document, list) else [document]:
+        if not isinstance(message, dict):
+            continue
+        for key, result in message.items():
+            if not isinstance(result, dict) or fold(key) != _RESULT:
+                continue
+            for list_key, items in result.items():
+                spec = _FOLDED.get(fold(list_key))
+                if spec is not None and isinstance(items, list):
+                    found.append((spec[0], [name for item in items
+                                            if isinstance(item, dict) and isinstance(name := item.get(spec[1]), str)],
+                                  items))
+    return found
+
+
 class ListFilter:
     """``strict``: the request asked for a list, so every frame is parsed and an unreadable one fails closed.
     Otherwise frames that cannot mention a list key pass without being parsed."""
@@ -246,6 +265,40 @@ class ListFilter:
             if len(key) == size and key != name_key and fold(key) == folded_name_key:
                 return False
         return name in allowed if allowed is not None else self.allowed(method, name)
+
+    # -- R4: a list's decisions made ahead, yielding the event loop --------------------------------------
+
+    async def decide_ahead(self, raw: bytes, is_event: bool = False) -> None:
+        """Before the synchronous ``filter_json_body`` / ``filter_event`` of ``raw``: make the decisions of
+        the lists it holds in pieces that yield the event loop (``check_many_async``), so that a cold list of
+        thousands of items (or a large policy set) does not hold it; the filter then finds them cached.
+        Only warms caches: what is sent is still decided by the filter, so nothing here can let an item
+        through, and anything this cannot read it leaves to the filter."""
+        if not mentions_a_list_key(raw):
+            return
+        scope = self._memo_scope()
+        if self._memo is not None and scope is not None and len(raw) <= MEMO_ENTRY_MAX_BYTES \
+                and (scope, hashlib.sha256(raw).digest()) in self._memo:
+            return  # the filtered answer is memoized: no decision to make
+        try:
+            text = parse_event(raw).data if is_event else raw
+            document = _loads(text) if text else None
+        except (UnicodeDecodeError, _Unreadable):
+            return
+        try:
+            for method, names, items in _lists_in(document):
+                if method == "tools/list" and self._observe_tools is not None:
+                    # A1: learned first, so the decisions made ahead carry the attributes the filter's will
+                    # (learning the same list again in the filter changes nothing).
+                    self._observe_tools(items)
+                if self._allowed is None:
+                    self._allowed = self._make_check(scope)
+                check_many_async = getattr(self._allowed, "check_many_async", None)
+                if check_many_async is None:
+                    return
+                await check_many_async(method, names)
+        except Exception as exc:  # (never CancelledError) the filter decides all the same, on its own
+            log.warning("list decisions ahead of the filter failed (%s); the filter makes them", type(exc).__name__)
 
     # -- JSON bodies ------------------------------------------------------------------------------------
 

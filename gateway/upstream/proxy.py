@@ -39,7 +39,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -134,6 +134,7 @@ class UpstreamProxy:
         transform_event: Callable[[bytes], bytes | None] | None = None,
         require_transform: bool = False,
         may_rewrite: Callable[[bytes], bool] | None = None,
+        decide_ahead: Callable[[bytes, bool], Awaitable[None]] | None = None,
     ) -> web.StreamResponse:
         """Send the request upstream and relay the answer.
 
@@ -143,8 +144,9 @@ class UpstreamProxy:
         docstring); ``transform_event`` rewrites each SSE event (Z4 list filtering). ``require_transform``:
         a list was asked for, so the answer must be filterable. ``may_rewrite``: a pre-check beside the list
         keys' for a whole JSON answer that ``transform_json`` may change for another reason (M4 task ids, M3
-        resource updates); False only when it cannot. Without transforms bytes pass untouched, event streams
-        chunk by chunk.
+        resource updates); False only when it cannot. ``decide_ahead(raw, is_event)`` is awaited before a
+        whole body or an event is transformed: the list filter makes its decisions there, yielding the loop
+        (R4). Without transforms bytes pass untouched, event streams chunk by chunk.
         """
         started = time.perf_counter()
         try:
@@ -196,14 +198,14 @@ class UpstreamProxy:
                 try:
                     return await self._relay_event_stream(
                         request, upstream, response_headers, transform_event, strict=require_transform,
-                        request_id=headers.get("X-Request-Id"),
+                        request_id=headers.get("X-Request-Id"), decide_ahead=decide_ahead,
                     )
                 finally:
                     self._standalone_streams.discard(upstream)
             if transform_json is not None and is_json(upstream.headers.get("Content-Type")):
                 return await self._relay_json(
                     request, upstream, response_headers, transform_json, strict=require_transform,
-                    request_id=headers.get("X-Request-Id"), may_rewrite=may_rewrite,
+                    request_id=headers.get("X-Request-Id"), may_rewrite=may_rewrite, decide_ahead=decide_ahead,
                 )
             if transform_json is not None and require_transform and 200 <= upstream.status < 300 and upstream.status != 202:
                 # A list was asked for and the answer is neither JSON nor SSE: it cannot be filtered (Z4).
@@ -231,6 +233,15 @@ class UpstreamProxy:
         await self._pump(upstream, response, None)
         return response
 
+    @staticmethod
+    async def _whole_json(upstream: UpstreamResponse, headers: CIMultiDict[str], whole: bytes,
+                          transform_json: Callable[[bytes], bytes],
+                          decide_ahead: Callable[[bytes, bool], Awaitable[None]] | None, rewrite: bool) -> web.Response:
+        """A whole JSON answer: as it came, or (``rewrite``) filtered, its decisions made first (R4)."""
+        if rewrite and decide_ahead is not None:
+            await decide_ahead(whole, False)
+        return web.Response(status=upstream.status, headers=headers, body=transform_json(whole) if rewrite else whole)
+
     async def _relay_json(
         self,
         request: web.Request,
@@ -241,6 +252,7 @@ class UpstreamProxy:
         strict: bool,
         request_id: str | None = None,
         may_rewrite: Callable[[bytes], bool] | None = None,
+        decide_ahead: Callable[[bytes, bool], Awaitable[None]] | None = None,
     ) -> web.StreamResponse:
         """R2, Z4: hold a JSON answer only while it may be a list; stream the rest (module docstring)."""
         limit = self.config.max_list_bytes
@@ -249,9 +261,8 @@ class UpstreamProxy:
             # P1: all of it came with the headers and it is under both bounds (the usual small answer): what
             # the loop below would do in one round. Unscanned only when no list can be in it, unasked.
             whole = await self._read_chunk(upstream)
-            return web.Response(status=upstream.status, headers=headers,
-                                body=transform_json(whole) if strict or mentions_a_list_key(whole)
-                                or (may_rewrite is not None and may_rewrite(whole)) else whole)
+            return await self._whole_json(upstream, headers, whole, transform_json, decide_ahead,
+                                          strict or mentions_a_list_key(whole) or (may_rewrite is not None and may_rewrite(whole)))
         holds_a_list = strict  # from here on: the answer is read whole (up to `limit`) and filtered
         pieces: list[bytes] = []
         size = 0
@@ -269,9 +280,8 @@ class UpstreamProxy:
                 whole = pieces[0] if len(pieces) == 1 else b"".join(pieces)
                 # P1: an answer the scan found no list key in, when no list was asked for, is what the filter
                 # would return unchanged (its own first step is the same scan); otherwise the filter reads it.
-                return web.Response(status=upstream.status, headers=headers,
-                                    body=transform_json(whole) if holds_a_list
-                                    or (may_rewrite is not None and may_rewrite(whole)) else whole)
+                return await self._whole_json(upstream, headers, whole, transform_json, decide_ahead,
+                                              holds_a_list or (may_rewrite is not None and may_rewrite(whole)))
             pieces.append(chunk)
             size += len(chunk)
             if not holds_a_list:
@@ -349,6 +359,7 @@ class UpstreamProxy:
         *,
         strict: bool = False,
         request_id: str | None = None,
+        decide_ahead: Callable[[bytes, bool], Awaitable[None]] | None = None,
     ) -> web.StreamResponse:
         headers.setdefault("Cache-Control", "no-cache")
         headers["X-Accel-Buffering"] = "no"  # tell any buffering proxy in front of us not to
@@ -357,7 +368,7 @@ class UpstreamProxy:
         if self.metrics is not None:
             self.metrics.open_streams.inc()
         try:
-            await self._pump(upstream, response, transform_event, strict=strict, request_id=request_id)
+            await self._pump(upstream, response, transform_event, strict=strict, request_id=request_id, decide_ahead=decide_ahead)
         finally:
             if self.metrics is not None:
                 self.metrics.open_streams.dec()
@@ -371,6 +382,7 @@ class UpstreamProxy:
         *,
         strict: bool = False,
         request_id: str | None = None,
+        decide_ahead: Callable[[bytes, bool], Awaitable[None]] | None = None,
     ) -> None:
         """Copy the upstream body as it arrives. An upstream dying mid-stream ends the stream cleanly."""
         limit = self.config.max_list_bytes
@@ -397,6 +409,8 @@ class UpstreamProxy:
                             self.metrics.upstream_errors.labels("upstream_list_too_large").inc()
                         return
                     try:
+                        if decide_ahead is not None:
+                            await decide_ahead(raw, True)
                         event = transform_event(raw)
                     except Exception:
                         # Headers are sent, so no error status is possible: end the stream rather than
