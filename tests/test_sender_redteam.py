@@ -9,6 +9,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.dpop_proofs import DpopKey
 from tests.factories import RESOURCE
@@ -41,3 +43,49 @@ async def test_S1_proof_iat_beyond_the_float_range_is_a_401_not_a_500(serve_gate
     assert reasons(gateway).count("dpop_claim_malformed") == 3
     assert "Traceback" not in gateway.log_text()
     assert not upstream.received
+
+
+async def test_S3_a_client_prefix_cannot_swallow_the_trusted_proxys_xfcc_element(serve_gateway, upstream, issuer):
+    """APPEND_FORWARD keeps what the client sent and appends the proxy's element after a comma. A client
+    prefix ending in an open quote, before a proxy element that holds one escaped quote (the subject of the
+    attacker's own certificate, RFC 4514 ``\\"``), read left to right, made the whole header one element
+    whose only Hash outside quotes was the client's: a stolen token bound to another certificate passed."""
+    from tests.test_mtls import der_sha256, make_certificate, x5t
+
+    victim, attacker = make_certificate("victim"), make_certificate("attacker")
+    gateway = await serve_gateway(upstream.url, auth={"mtls": {"trusted_proxies": ["127.0.0.1/32"]}})
+    token = issuer.mint(cnf={"x5t#S256": x5t(victim)})  # stolen
+    client_part = f"Hash={der_sha256(victim).hex()};x=\""
+    proxy_part = (f"By=spiffe://cluster.local/ns/mcp/sa/gateway;Hash={der_sha256(attacker).hex()};"
+                  'Subject="CN=a\\"b,O=Example";URI=spiffe://cluster.local/ns/mcp/sa/attacker')
+    status, headers, _ = await post(gateway, {"Authorization": f"Bearer {token}",
+                                              "X-Forwarded-Client-Cert": f"{client_part},{proxy_part}"})
+    assert status == 401 and 'error="invalid_token"' in headers["WWW-Authenticate"]
+    assert "mtls_xfcc_malformed" in reasons(gateway)
+    assert not upstream.received
+    # The proxy's element alone, or after a well-formed client element, still reads as the proxy wrote it.
+    own = issuer.mint(cnf={"x5t#S256": x5t(attacker)})
+    for value in (proxy_part, f"Hash={der_sha256(victim).hex()};Subject=\"CN=x,y\",{proxy_part}"):
+        status, _, body = await post(gateway, {"Authorization": f"Bearer {own}", "X-Forwarded-Client-Cert": value})
+        assert status == 200, body
+
+
+def _envoy_quoted(text: str) -> str:
+    """How Envoy writes Subject: always double-quoted; the subject itself has ``"`` and ``\\`` escaped (RFC 4514)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(prefix=st.text(alphabet=st.sampled_from('ab=;,"\\ '), max_size=24),
+       subject=st.text(alphabet=st.sampled_from('ab=;,"\\ '), max_size=12))
+def test_S3_whatever_the_client_prefix_the_proxys_element_is_read_or_refused(prefix, subject):
+    """The property behind the XFCC fix: the last element is the proxy's, exactly, or the header is refused."""
+    from gateway.auth.mtls import proxy_element
+
+    proxy = {"by": "spiffe://gw", "hash": "ab" * 32, "subject": subject}
+    written = f"By=spiffe://gw;Hash={'ab' * 32};Subject={_envoy_quoted(subject)}"
+    try:
+        element = proxy_element(f"{prefix},{written}")
+    except ValueError:
+        return
+    assert element == proxy
