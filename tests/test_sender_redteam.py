@@ -89,3 +89,24 @@ def test_S3_whatever_the_client_prefix_the_proxys_element_is_read_or_refused(pre
     except ValueError:
         return
     assert element == proxy
+
+
+async def test_S1_one_token_holder_cannot_fill_the_replay_window_for_everyone(serve_gateway, upstream, issuer):
+    """A valid DPoP token holder sent fresh proofs as fast as it could: once auth.dpop.jti_cache_size
+    entries were live, every DPoP caller of the process got 503 (dpop_replay_window_full) for a minute.
+    Now one principal holds at most a tenth of the window (at least 100): it gets 429, the others pass."""
+    gateway = await serve_gateway(upstream.url, auth={"dpop": {"jti_cache_size": 1000}})
+    mallory, alice = DpopKey.ec(), DpopKey.ec()
+    flood, token = issuer.mint(sub="mallory", cnf={"jkt": mallory.jkt}), issuer.mint(sub="alice", cnf={"jkt": alice.jkt})
+    async with aiohttp.ClientSession() as http:
+        async def send(key, bound):
+            headers = {"Authorization": f"DPoP {bound}", "DPoP": key.proof(RESOURCE, bound)}
+            async with http.post(gateway.url + "/mcp", json=INIT, headers=headers) as response:
+                return response.status, response.headers.get("Retry-After")
+
+        statuses = [(await send(mallory, flood))[0] for _ in range(101)]
+        assert statuses[:100] == [200] * 100 and statuses[100] == 429
+        status, retry_after = await send(mallory, flood)
+        assert status == 429 and retry_after is not None
+        assert (await send(alice, token))[0] == 200
+    assert "dpop_replay_share_used" in reasons(gateway)

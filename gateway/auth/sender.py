@@ -28,6 +28,7 @@ from gateway.auth.principal import Principal
 from gateway.auth.replay import ReplayWindow
 from gateway.config import DpopConfig
 from gateway.errors import InvalidDpopProof, Unauthenticated
+from gateway.limits import principal_key
 
 Scheme = Literal["bearer", "dpop"]
 CHECKED_CONFIRMATIONS = frozenset({"jkt", "x5t#S256"})
@@ -82,7 +83,7 @@ class SenderConstraints:
             self.certificates.confirm(x5t, request.xfcc, request.peer)
         if proof is not None:
             proof.confirm(jkt)
-            if not await self.replay.first_use(proof.replay_key(), self.replay_ttl):
+            if not await self.replay.first_use(proof.replay_key(), self.replay_ttl, owner=principal_key(principal)):
                 raise InvalidDpopProof("dpop_replayed", "this proof's jti was used before within its window")
 
     def nonce_header(self) -> str | None:
