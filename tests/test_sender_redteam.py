@@ -5,6 +5,7 @@ Every test here is a regression test for one finding (the commit that fixed it s
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import aiohttp
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from tests.dpop_proofs import DpopKey
 from tests.factories import RESOURCE
 from tests.test_dpop import INIT
+from tests.test_tracing import otlp, traced  # noqa: F401 (fixtures)
 
 
 async def post(gateway, headers: Any, body: Any = INIT) -> tuple[int, Any, str]:
@@ -110,3 +112,55 @@ async def test_S1_one_token_holder_cannot_fill_the_replay_window_for_everyone(se
         assert status == 429 and retry_after is not None
         assert (await send(alice, token))[0] == 200
     assert "dpop_replay_share_used" in reasons(gateway)
+
+
+# What a client may put in params._meta (SEP-414) that a tracer upstream could read another way than the
+# gateway: uppercase hex, an all-zero trace id, a non-string, another spelling, a tracestate on its own.
+HOSTILE_META = [
+    {"traceparent": "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01", "tracestate": "A=1,,=="},
+    {"traceparent": "00-" + "0" * 32 + "-00f067aa0ba902b7-01"},
+    {"traceparent": 5},
+    {"TraceParent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
+    {"tracestate": "vendor=forged"},
+]
+GOOD_META = {"traceparent": "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-later", "TRACESTATE": "x=1"}
+
+
+def _tool_call(meta: dict, rpc_id: int = 1) -> dict:
+    return {"jsonrpc": "2.0", "id": rpc_id, "method": "tools/call", "params": {"name": "echo", "arguments": {}, "_meta": meta}}
+
+
+def _forwarded_meta(received) -> list:
+    body = json.loads(received.body)
+    return [message["params"]["_meta"] for message in (body if isinstance(body, list) else [body])]
+
+
+async def test_O2_tracing_off_a_client_trace_context_in_meta_is_reserialized_or_dropped(serve_gateway, upstream, issuer):
+    """With tracing off the traceparent header was parsed and re-serialized, but params._meta went to the
+    upstream exactly as the client wrote it (malformed, all-zero ids, other spellings)."""
+    from tests.factories import bearer
+
+    gateway = await serve_gateway(upstream.url)
+    for meta in HOSTILE_META:
+        status, _, body = await post(gateway, bearer(issuer.mint()), _tool_call(meta))
+        assert status == 200, body
+        assert _forwarded_meta(upstream.received[-1]) == [{}], meta
+    status, _, _ = await post(gateway, bearer(issuer.mint()), [_tool_call(GOOD_META), _tool_call({"other": 1}, 2)])
+    assert status == 200
+    assert _forwarded_meta(upstream.received[-1]) == [
+        {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}, {"other": 1}]
+
+
+async def test_O2_tracing_on_no_spelling_of_the_client_trace_context_in_meta_reaches_the_upstream(traced, issuer):
+    """With tracing on, only a member spelled exactly ``traceparent`` was replaced by the gateway's
+    context: a ``tracestate`` on its own, or ``TraceParent``, went upstream as the client wrote it."""
+    from tests.factories import bearer
+
+    served, _, upstream, stop = traced
+    for meta in HOSTILE_META:
+        status, _, body = await post(served, bearer(issuer.mint()), [_tool_call(meta), _tool_call({"other": 1}, 2)])
+        assert status == 200, body
+        replaced, untouched = _forwarded_meta(upstream.received[-1])
+        assert set(replaced) == {"traceparent"} and replaced["traceparent"] == upstream.received[-1].headers["traceparent"], meta
+        assert untouched == {"other": 1}
+    await stop()

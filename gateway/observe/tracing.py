@@ -1,9 +1,10 @@
 """O2: OpenTelemetry tracing of MCP requests, and the W3C Trace Context the gateway reads and passes on.
 
-Off by default (``tracing.enabled``). Then nothing here runs per request except ``forwarded_trace_context``:
-a well-formed ``traceparent`` (and its ``tracestate``) from the client is re-serialized for the upstream, so
-a trace that the gateway does not take part in still joins up, and a malformed one is dropped rather than
-passed on unparsed (the other parser could read it differently). No OpenTelemetry module is imported.
+Off by default (``tracing.enabled``). Then nothing here runs per request except ``forwarded_trace_context``
+(and ``forwarded_meta_context`` for a body with ``params._meta`` trace context): a well-formed
+``traceparent`` (and its ``tracestate``) from the client is re-serialized for the upstream, so a trace that
+the gateway does not take part in still joins up, and a malformed one is dropped rather than passed on
+unparsed (the other parser could read it differently). No OpenTelemetry module is imported.
 
 On, each MCP request is one SERVER span, ``POST /mcp``, with a child span per stage (token, message,
 scopes, policy, upstream). Its parent is the caller's span, from the ``traceparent`` header or, when there
@@ -112,6 +113,15 @@ def forwarded_trace_context(headers: Any) -> dict[str, str]:
     if state is not None:
         context["tracestate"] = state
     return context
+
+
+def forwarded_meta_context(meta: Mapping[str, Any]) -> dict[str, str]:
+    """With tracing off: what replaces the trace context in one message's ``params._meta`` upstream, like
+    ``forwarded_trace_context`` for the headers: the client's, re-serialized, or nothing."""
+    parent, state = meta_trace_context({"_meta": meta})
+    if parent is None:
+        return {}
+    return {"traceparent": parent.header, **({"tracestate": state} if state is not None else {})}
 
 
 def meta_trace_context(params: Mapping[str, Any]) -> tuple[TraceParent | None, str | None]:
