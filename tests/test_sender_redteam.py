@@ -164,3 +164,22 @@ async def test_O2_tracing_on_no_spelling_of_the_client_trace_context_in_meta_rea
         assert set(replaced) == {"traceparent"} and replaced["traceparent"] == upstream.received[-1].headers["traceparent"], meta
         assert untouched == {"other": 1}
     await stop()
+
+
+@pytest.mark.parametrize("url", ["redis://:hunter2@[::1", "redis://:hunter2@127.0.0.1:abc/0", "http://:hunter2@127.0.0.1:6379"])
+def test_S2_a_redis_url_the_client_cannot_read_names_the_key_never_the_password(tmp_path, url):
+    """``redis://[::1`` made validate (and serve) end in a ValueError traceback; a port that is not a
+    number passed validate and failed serve at start-up."""
+    import subprocess
+    import sys
+
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "g.yaml").write_text(json.dumps({
+        "server": {"public_url": RESOURCE}, "upstream": {"url": "http://127.0.0.1:1/mcp"},
+        "auth": {"issuers": [{"issuer": "https://idp.example.com"}]}, "authorization": {"policies": str(tmp_path / "policies")},
+        "state": {"redis_url": url}}))
+    done = subprocess.run([sys.executable, "-m", "gateway", "validate", "--config", str(tmp_path / "g.yaml")],
+                          capture_output=True, text=True, timeout=60)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0 and "g.yaml: state.redis_url: must be a redis://" in output, output
+    assert "Traceback" not in output and "hunter2" not in output
