@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from tests.dpop_proofs import DpopKey
 from tests.factories import RESOURCE
 from tests.test_dpop import INIT
+from tests.test_dpop_redis import redis_url  # noqa: F401 (fixture)
 from tests.test_tracing import otlp, traced  # noqa: F401 (fixtures)
 
 
@@ -183,3 +184,24 @@ def test_S2_a_redis_url_the_client_cannot_read_names_the_key_never_the_password(
     output = done.stdout + done.stderr
     assert done.returncode != 0 and "g.yaml: state.redis_url: must be a redis://" in output, output
     assert "Traceback" not in output and "hunter2" not in output
+
+
+async def test_S2_a_burst_of_concurrent_proofs_waits_for_a_redis_connection_rather_than_503(serve_gateway, upstream, issuer, redis_url):
+    """redis-py's plain pool raises MaxConnectionsError at once when its 64 connections are busy: 200 valid
+    DPoP requests arriving together got 137 answers of 503 from a healthy Redis."""
+    import asyncio
+    from collections import Counter
+
+    gateway = await serve_gateway(upstream.url, state={"redis_url": redis_url})
+    callers = []
+    for index in range(200):
+        key = DpopKey.ec()
+        callers.append((key, issuer.mint(sub=f"user-{index}", cnf={"jkt": key.jkt})))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        async def send(key, token):
+            headers = {"Authorization": f"DPoP {token}", "DPoP": key.proof(RESOURCE, token)}
+            async with http.post(gateway.url + "/mcp", json=INIT, headers=headers) as response:
+                return response.status
+
+        statuses = Counter(await asyncio.gather(*(send(key, token) for key, token in callers)))
+    assert statuses == {200: 200}, (statuses, [r.get("detail") for r in gateway.log_records() if r.get("status") == 503][:3])

@@ -21,12 +21,13 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway.errors import TooManyRequests, VerifierUnavailable
 
 log = logging.getLogger(__name__)
 
+MAX_CONNECTIONS = 64  # to Redis, per process
 OWNER_SHARE = 10  # a principal may hold 1/OWNER_SHARE of the memory window,
 OWNER_MINIMUM = 100  # and at least this many entries (all of a smaller window)
 
@@ -94,19 +95,24 @@ class RedisReplayWindow:
         self._url = url
         self.timeout = timeout
         self.prefix = prefix.encode()
-        self._client = None
+        self._client: Any = None
+        self._pool: Any = None
 
     async def start(self) -> None:
         import redis.asyncio as aioredis
 
-        # No retries inside the client: one bounded attempt, and the answer is 503 when it fails.
-        self._client = aioredis.Redis.from_url(
-            self._url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
-            retry_on_timeout=False, retry=None, max_connections=64, health_check_interval=30)
+        # No retries inside the client: one bounded attempt, and the answer is 503 when it fails. A request
+        # that finds all MAX_CONNECTIONS busy waits for one (within state.timeout): the plain pool raised
+        # MaxConnectionsError at once, so a burst of 200 concurrent valid proofs got 137 answers of 503.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self._url, max_connections=MAX_CONNECTIONS, timeout=self.timeout, socket_timeout=self.timeout,
+            socket_connect_timeout=self.timeout, retry_on_timeout=False, retry=None, health_check_interval=30)
+        self._pool, self._client = pool, aioredis.Redis(connection_pool=pool)
 
     async def close(self) -> None:
         if self._client is not None:
             await self._client.aclose()
+            await self._pool.disconnect()  # a pool given to Redis() is the giver's to close
             self._client = None
 
     async def first_use(self, key: bytes, ttl: float, owner: bytes = b"") -> bool:
