@@ -78,8 +78,6 @@ class SenderConstraints:
             raise Unauthenticated("token_not_dpop_bound", "auth.dpop.required and the token has no cnf.jkt")
         x5t = cnf.get("x5t#S256")
         if x5t is not None:
-            if not isinstance(x5t, str):
-                raise Unauthenticated("cnf_malformed", "cnf.x5t#S256 is not a string")
             self.certificates.confirm(x5t, request.xfcc, request.peer)
         if proof is not None:
             proof.confirm(jkt)
@@ -102,6 +100,7 @@ def confirmation(claims: Mapping[str, Any]) -> Mapping[str, Any]:
     unknown = set(cnf) - CHECKED_CONFIRMATIONS
     if unknown:
         raise Unauthenticated("cnf_unsupported", f"cnf binds with {sorted(unknown)[:3]}, which this gateway cannot check")
-    if "jkt" in cnf and not isinstance(cnf["jkt"], str):
-        raise Unauthenticated("cnf_malformed", "cnf.jkt is not a string")
+    for name in CHECKED_CONFIRMATIONS & set(cnf):
+        if not isinstance(cnf[name], str):  # {"x5t#S256": null} was read as no binding at all
+            raise Unauthenticated("cnf_malformed", f"cnf.{name} is not a string")
     return cnf
