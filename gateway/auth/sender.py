@@ -92,9 +92,9 @@ class SenderConstraints:
 def confirmation(claims: Mapping[str, Any]) -> Mapping[str, Any]:
     """The token's ``cnf``: {} when absent; refused when it is not an object or binds by a method the
     gateway cannot check (``jwk``, ``kid``, ``jku``…), since ignoring it would turn it into a bearer token."""
-    cnf = claims.get("cnf")
-    if cnf is None:
+    if "cnf" not in claims:
         return {}
+    cnf = claims["cnf"]  # "cnf": null is a binding nobody can check, not the absence of one
     if not isinstance(cnf, dict) or not cnf:
         raise Unauthenticated("cnf_malformed", "cnf is not a non-empty object")
     unknown = set(cnf) - CHECKED_CONFIRMATIONS
