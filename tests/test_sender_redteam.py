@@ -5,6 +5,7 @@ Every test here is a regression test for one finding (the commit that fixed it s
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -218,4 +219,25 @@ async def test_S3_a_cnf_member_that_is_not_a_string_is_refused_never_ignored(ser
     status, headers, _ = await post(gateway, bearer(token))
     assert status == 401 and 'error="invalid_token"' in headers["WWW-Authenticate"]
     assert "cnf_malformed" in reasons(gateway)
+    assert not upstream.received
+
+
+async def test_S3_a_forwarded_certificate_with_an_unknown_x509_version_is_a_401_not_a_500(serve_gateway, upstream, issuer):
+    """cryptography raises x509.InvalidVersion, which is no ValueError, for a certificate whose version
+    field is not v1-v3: the request was answered 500 with a traceback (R5)."""
+    from urllib.parse import quote
+
+    from cryptography.hazmat.primitives import serialization
+
+    from tests.test_mtls import CERT, x5t
+
+    der = bytearray(CERT.public_bytes(serialization.Encoding.DER))
+    version_at = der.index(bytes.fromhex("a003020102")) + 4  # TBSCertificate's [0] EXPLICIT INTEGER 2 (v3)
+    der[version_at] = 49
+    pem = "-----BEGIN CERTIFICATE-----\n" + base64.b64encode(bytes(der)).decode() + "\n-----END CERTIFICATE-----\n"
+    gateway = await serve_gateway(upstream.url, auth={"mtls": {"trusted_proxies": ["127.0.0.1/32"]}})
+    status, _, body = await post(gateway, {"Authorization": f"Bearer {issuer.mint(cnf={'x5t#S256': x5t(CERT)})}",
+                                           "X-Forwarded-Client-Cert": f'By=spiffe://gw;Cert="{quote(pem, safe="")}"'})
+    assert status == 401, body
+    assert "mtls_xfcc_malformed" in reasons(gateway) and "Traceback" not in gateway.log_text()
     assert not upstream.received

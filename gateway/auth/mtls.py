@@ -166,7 +166,7 @@ class ClientCertificates:
             raise Unauthenticated("mtls_xfcc_malformed", f"{len(xfcc)} {XFCC_HEADER} headers")
         try:
             thumbprint = certificate_thumbprint(proxy_element(xfcc[0]))
-        except ValueError as exc:  # cryptography's PEM errors are ValueErrors too
+        except (ValueError, x509.InvalidVersion) as exc:  # PEM and DER errors are ValueErrors; a bad version is not
             raise Unauthenticated("mtls_xfcc_malformed", f"{XFCC_HEADER}: {str(exc)[:80]}") from None
         if thumbprint is None:
             raise Unauthenticated("mtls_no_certificate", f"{XFCC_HEADER} names no certificate (no Hash, no Cert)")
