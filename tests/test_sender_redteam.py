@@ -241,3 +241,19 @@ async def test_S3_a_forwarded_certificate_with_an_unknown_x509_version_is_a_401_
     assert status == 401, body
     assert "mtls_xfcc_malformed" in reasons(gateway) and "Traceback" not in gateway.log_text()
     assert not upstream.received
+
+
+async def test_O2_collector_credentials_in_the_endpoint_url_never_reach_the_log(serve_gateway, upstream, otlp, issuer):
+    """The start-up line said ``tracing on: OTLP/HTTP to https://user:secret@collector/...``."""
+    from tests.factories import bearer
+
+    _, endpoint = otlp
+    gateway = await serve_gateway(upstream.url, tracing={
+        "enabled": True, "endpoint": endpoint.replace("http://", "http://collector-user:s3cret-pass@"), "sample_ratio": 1.0})
+    status, _, _ = await post(gateway, bearer(issuer.mint()))
+    assert status == 200
+    gateway.process.terminate()
+    assert await gateway.process.wait() == 0
+    log = gateway.log_text()
+    assert "tracing on: OTLP/HTTP to http://***@127.0.0.1:" in log
+    assert "s3cret-pass" not in log and "collector-user" not in log

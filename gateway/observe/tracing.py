@@ -191,7 +191,7 @@ class Tracing:
         )
         self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=config.endpoint, timeout=EXPORT_TIMEOUT)))
         self.tracer = self.provider.get_tracer("mcp-auth-gateway")
-        log.info("tracing on: OTLP/HTTP to %s, sample ratio %g", config.endpoint, config.sample_ratio)
+        log.info("tracing on: OTLP/HTTP to %s, sample ratio %g", without_userinfo(config.endpoint), config.sample_ratio)
 
     def begin(self, method: str, path: str, headers: Any, request_id: str) -> RequestTrace:
         trace = RequestTrace(self, f"{method} {path}", method, headers)
@@ -216,6 +216,17 @@ class Tracing:
         """Flushes what is queued (E3: the last requests' spans are not lost), then stops the exporter."""
         self.provider.force_flush(timeout_millis=FLUSH_TIMEOUT_MS)
         self.provider.shutdown()
+
+
+def without_userinfo(url: str) -> str:
+    """``https://user:secret@collector/v1/traces`` as ``https://***@collector/v1/traces``: a collector's
+    basic-auth credentials in the endpoint URL never reach the log."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
 
 def _now_ns() -> int:
