@@ -981,11 +981,23 @@ def _mtls(s: _Section) -> MtlsConfig:
     return MtlsConfig(trusted_proxies=proxies)
 
 
+def _redis_url_readable(url: str) -> bool:
+    """What serve's Redis client will read (redis-py's own parser): ``redis://[::1`` or a port that is not a
+    number raised a ValueError with a traceback from validate, and from serve at start-up."""
+    from redis.connection import parse_url
+
+    try:
+        parse_url(url)  # raises ValueError for a scheme other than these three, too
+    except ValueError:
+        return False
+    return True
+
+
 def _state(s: _Section) -> StateConfig:
     url = s.take_secret("redis_url")
-    if url is not None and urlsplit(url.reveal()).scheme not in ("redis", "rediss", "unix"):
+    if url is not None and not _redis_url_readable(url.reveal()):
         # The URL may carry a password: the message never shows it.
-        s.problems.error(s.key_path("redis_url"), "must be a redis://, rediss:// or unix:// URL")
+        s.problems.error(s.key_path("redis_url"), "must be a redis://, rediss:// or unix:// URL (with a numeric port)")
     return StateConfig(
         redis_url=url,
         timeout=_positive(s, "timeout", 0.5),

@@ -47,7 +47,7 @@ from gateway.mcp.subscriptions import UpdateFilter, may_mention as may_be_an_upd
 from gateway.mcp.tasks import PURPOSE as TASK_PURPOSE, TaskBindings, TaskNotFound, may_mention as may_mention_a_task
 from gateway.observe.audit import AuditLog
 from gateway.observe.metrics import Metrics
-from gateway.observe.tracing import RequestTrace, Tracing, forwarded_trace_context
+from gateway.observe.tracing import RequestTrace, Tracing, forwarded_meta_context, forwarded_trace_context
 from gateway.upstream.credentials import UpstreamCredential
 from gateway.upstream.identity import IdentityAssertion, IdentityHeaders
 from gateway.upstream.headers import check_client_headers, never_forwarded, upstream_request_headers
@@ -392,6 +392,8 @@ class McpEndpoint:
         added.update(await self.credential.headers(state.token, state.token_hash))  # U2
         if state.trace is None:  # O2: the client's trace context, parsed and re-serialized, or none
             added.update(forwarded_trace_context(request.headers))
+            if body is not None and state.batch is not None and state.batch.carries_trace_meta:
+                body = state.batch.with_trace_meta(forwarded_meta_context)  # the same for SEP-414's _meta
         else:  # O2: the upstream continues the gateway's span, in the header and in _meta where the client used it
             context = state.trace.upstream_context()
             added.update(context)

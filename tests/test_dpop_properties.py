@@ -41,7 +41,7 @@ header_members = st.fixed_dictionaries({}, optional={
 claim_members = st.fixed_dictionaries({}, optional={
     "jti": st.text(max_size=8) | json_values, "htm": st.sampled_from(["POST", "GET"]) | json_values,
     "htu": st.sampled_from([RESOURCE, "https://MCP.example.com:443/mcp?q", "https://x/\ud800"]) | json_values,
-    "iat": st.sampled_from([int(time.time()), 1e308, -1]) | json_values, "ath": json_values,
+    "iat": st.sampled_from([int(time.time()), 1e308, -1, 10**400, -(10**400)]) | json_values, "ath": json_values,
     "nonce": st.sampled_from([RULES.nonces.current(time.time()), "AAAA"]) | json_values,
 })
 

@@ -33,7 +33,6 @@ import base64
 import hashlib
 import hmac
 import json
-import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +56,7 @@ THUMBPRINT_MEMBERS = {"EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n"), 
 _CURVE_OF = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
 RSA_BITS = (2048, 4096)  # a larger modulus or exponent makes every verification cost more
 MAX_RSA_EXPONENT = 2**32
+MAX_IAT = 2**53 - 1  # I-JSON's largest exact integer; NaN and the infinities fail the range test too
 
 
 def b64url(data: bytes) -> str:
@@ -206,8 +206,9 @@ def read_proof(values: Sequence[str], *, method: str, token: str, rules: DpopRul
             raise UseDpopNonce("dpop_nonce_missing" if nonce is None else "dpop_nonce_stale",
                                "no nonce in the proof" if nonce is None else "nonce not issued here lately")
     iat = claims.get("iat")
-    if isinstance(iat, bool) or not isinstance(iat, (int, float)) or not math.isfinite(iat):
-        raise _refuse("dpop_claim_malformed", "iat is not a number")
+    # A range test, not math.isfinite: that raises OverflowError for an int like 10**400 (a 500, R5).
+    if isinstance(iat, bool) or not isinstance(iat, (int, float)) or not -MAX_IAT <= iat <= MAX_IAT:
+        raise _refuse("dpop_claim_malformed", "iat is not a number of seconds")
     if iat < now - rules.max_age:
         raise _refuse("dpop_proof_stale", f"iat is {now - iat:.0f}s old (auth.dpop.max_age {rules.max_age:g}s)")
     if iat > now + IAT_FUTURE_SKEW:

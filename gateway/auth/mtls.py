@@ -9,7 +9,8 @@ XFCC (Envoy's format): elements separated by ``,``, each a list of ``key=value``
 a value may be double-quoted (then ``,``, ``;`` and ``=`` inside are literal and ``\\"`` is a quote).
 ``Hash`` is the hex SHA-256 of the certificate's DER; ``Cert`` the URL-encoded PEM. The gateway reads the
 *last* element only: with ``forward_client_cert_details: APPEND_FORWARD`` that is the one the trusted proxy
-added itself (earlier ones came from further away, possibly from the client). When ``Cert`` is there the
+added itself (earlier ones came from further away, possibly from the client), and it must read the same
+from the right as from the left, so no quote the client left open can reach into it (``proxy_element``). When ``Cert`` is there the
 thumbprint is computed from it, and a ``Hash`` beside it must agree.
 """
 
@@ -101,6 +102,36 @@ def parse_xfcc(value: str) -> list[dict[str, str]]:
     return elements
 
 
+def last_element(value: str) -> str:
+    """The text of the last element, read from the right: there, the trusted proxy's own element ends the
+    header whatever the client put before it. Inside quotes, a ``"`` after an odd run of ``\\`` is escaped."""
+    quoted, index = False, len(value) - 1
+    while index >= 0:
+        char = value[index]
+        if char == '"':
+            start = index
+            while start > 0 and value[start - 1] == "\\":  # each backslash is counted once: linear
+                start -= 1
+            if not (quoted and (index - start) % 2):
+                quoted = not quoted
+        elif char == "," and not quoted:
+            return value[index + 1:]
+        index -= 1
+    if quoted:
+        raise ValueError("unterminated quoted value")
+    return value
+
+
+def proxy_element(value: str) -> dict[str, str]:
+    """The last element, which must read the same from the left and from the right. A client prefix that
+    ends inside an open quote, before a proxy element with an escaped quote in it (a subject such as
+    ``CN=a\\"b``), otherwise turns the header into one element whose Hash is the client's."""
+    elements = parse_xfcc(value)
+    if parse_xfcc(last_element(value)) != elements[-1:]:
+        raise ValueError("the last element reads differently from the right: a client prefix reaches into it")
+    return elements[-1]
+
+
 def certificate_thumbprint(element: dict[str, str]) -> str | None:
     """RFC 8705 §3.1 ``x5t#S256`` (base64url SHA-256 of the DER) of the element's certificate, or None."""
     digest = None
@@ -134,9 +165,8 @@ class ClientCertificates:
         if len(xfcc) > 1:
             raise Unauthenticated("mtls_xfcc_malformed", f"{len(xfcc)} {XFCC_HEADER} headers")
         try:
-            elements = parse_xfcc(xfcc[0])
-            thumbprint = certificate_thumbprint(elements[-1])
-        except ValueError as exc:  # cryptography's PEM errors are ValueErrors too
+            thumbprint = certificate_thumbprint(proxy_element(xfcc[0]))
+        except (ValueError, x509.InvalidVersion) as exc:  # PEM and DER errors are ValueErrors; a bad version is not
             raise Unauthenticated("mtls_xfcc_malformed", f"{XFCC_HEADER}: {str(exc)[:80]}") from None
         if thumbprint is None:
             raise Unauthenticated("mtls_no_certificate", f"{XFCC_HEADER} names no certificate (no Hash, no Cert)")

@@ -28,6 +28,7 @@ from gateway.auth.principal import Principal
 from gateway.auth.replay import ReplayWindow
 from gateway.config import DpopConfig
 from gateway.errors import InvalidDpopProof, Unauthenticated
+from gateway.limits import principal_key
 
 Scheme = Literal["bearer", "dpop"]
 CHECKED_CONFIRMATIONS = frozenset({"jkt", "x5t#S256"})
@@ -77,12 +78,10 @@ class SenderConstraints:
             raise Unauthenticated("token_not_dpop_bound", "auth.dpop.required and the token has no cnf.jkt")
         x5t = cnf.get("x5t#S256")
         if x5t is not None:
-            if not isinstance(x5t, str):
-                raise Unauthenticated("cnf_malformed", "cnf.x5t#S256 is not a string")
             self.certificates.confirm(x5t, request.xfcc, request.peer)
         if proof is not None:
             proof.confirm(jkt)
-            if not await self.replay.first_use(proof.replay_key(), self.replay_ttl):
+            if not await self.replay.first_use(proof.replay_key(), self.replay_ttl, owner=principal_key(principal)):
                 raise InvalidDpopProof("dpop_replayed", "this proof's jti was used before within its window")
 
     def nonce_header(self) -> str | None:
@@ -93,14 +92,15 @@ class SenderConstraints:
 def confirmation(claims: Mapping[str, Any]) -> Mapping[str, Any]:
     """The token's ``cnf``: {} when absent; refused when it is not an object or binds by a method the
     gateway cannot check (``jwk``, ``kid``, ``jku``…), since ignoring it would turn it into a bearer token."""
-    cnf = claims.get("cnf")
-    if cnf is None:
+    if "cnf" not in claims:
         return {}
+    cnf = claims["cnf"]  # "cnf": null is a binding nobody can check, not the absence of one
     if not isinstance(cnf, dict) or not cnf:
         raise Unauthenticated("cnf_malformed", "cnf is not a non-empty object")
     unknown = set(cnf) - CHECKED_CONFIRMATIONS
     if unknown:
         raise Unauthenticated("cnf_unsupported", f"cnf binds with {sorted(unknown)[:3]}, which this gateway cannot check")
-    if "jkt" in cnf and not isinstance(cnf["jkt"], str):
-        raise Unauthenticated("cnf_malformed", "cnf.jkt is not a string")
+    for name in CHECKED_CONFIRMATIONS & set(cnf):
+        if not isinstance(cnf[name], str):  # {"x5t#S256": null} was read as no binding at all
+            raise Unauthenticated("cnf_malformed", f"cnf.{name} is not a string")
     return cnf

@@ -22,7 +22,7 @@ import json
 import math
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
@@ -152,28 +152,38 @@ class Batch:
 
     @property
     def carries_trace_meta(self) -> bool:
-        """SEP-414: some message carries ``params._meta.traceparent`` (O2)."""
+        """SEP-414: some message carries a trace context in ``params._meta`` (O2), in any spelling."""
         return any(_trace_meta(message.params) is not None for message in self.messages)
 
-    def with_trace_meta(self, context: Mapping[str, str]) -> bytes:
-        """``canonical`` with the gateway's own trace context (``traceparent``, ``tracestate`` if any) in
-        place of the client's, in every message whose ``params._meta`` had a ``traceparent`` (O2: the
-        upstream's parent is the gateway's span). Re-read from ``canonical``, the gateway's own
-        serialization, so every other byte stays what was decided (I1); nothing decides on ``_meta``."""
+    def with_trace_meta(self, context: Mapping[str, str] | Callable[[Mapping[str, Any]], Mapping[str, str]]) -> bytes:
+        """``canonical`` with the client's trace context taken out of every message's ``params._meta``
+        (``traceparent``, ``tracestate`` and any other spelling of them, I2) and ``context`` put in its place
+        (O2: never the client's value as sent). ``context`` is the gateway's own (the upstream's parent is
+        the gateway's span), or a function of the message's ``_meta`` giving what replaces it there (the
+        client's own context parsed and re-serialized, or nothing). Re-read from ``canonical``, the
+        gateway's own serialization, so every other byte stays what was decided (I1); nothing decides on
+        ``_meta``."""
         documents = json.loads(self.canonical)
         for document in documents if self.is_array else [documents]:
             meta = _trace_meta(document.get("params") or _EMPTY)
             if meta is not None:
-                for key in [k for k in meta if fold_key(k) in ("traceparent", "tracestate")]:
+                replacement = context(meta) if callable(context) else context
+                for key in [k for k in meta if fold_key(k) in TRACE_META_KEYS]:
                     del meta[key]
-                meta.update(context)
+                meta.update(replacement)
         return serialize(documents)
 
 
+TRACE_META_KEYS = ("traceparent", "tracestate")  # as fold_key spells them
+
+
 def _trace_meta(params: Mapping[str, Any]) -> Any:
-    """``params._meta`` when it holds a ``traceparent`` (spelled so; another spelling is not SEP-414's)."""
+    """``params._meta`` when it holds a trace context member, however spelled (a lenient reader upstream
+    could take ``TraceParent`` for SEP-414's ``traceparent``)."""
     meta = params.get("_meta") if isinstance(params, Mapping) else None
-    return meta if isinstance(meta, dict) and "traceparent" in meta else None
+    if not isinstance(meta, dict):
+        return None
+    return meta if any(fold_key(key) in TRACE_META_KEYS for key in meta) else None
 
 
 _SEPARATORS = str.maketrans("", "", "_-")

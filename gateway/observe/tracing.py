@@ -1,9 +1,10 @@
 """O2: OpenTelemetry tracing of MCP requests, and the W3C Trace Context the gateway reads and passes on.
 
-Off by default (``tracing.enabled``). Then nothing here runs per request except ``forwarded_trace_context``:
-a well-formed ``traceparent`` (and its ``tracestate``) from the client is re-serialized for the upstream, so
-a trace that the gateway does not take part in still joins up, and a malformed one is dropped rather than
-passed on unparsed (the other parser could read it differently). No OpenTelemetry module is imported.
+Off by default (``tracing.enabled``). Then nothing here runs per request except ``forwarded_trace_context``
+(and ``forwarded_meta_context`` for a body with ``params._meta`` trace context): a well-formed
+``traceparent`` (and its ``tracestate``) from the client is re-serialized for the upstream, so a trace that
+the gateway does not take part in still joins up, and a malformed one is dropped rather than passed on
+unparsed (the other parser could read it differently). No OpenTelemetry module is imported.
 
 On, each MCP request is one SERVER span, ``POST /mcp``, with a child span per stage (token, message,
 scopes, policy, upstream). Its parent is the caller's span, from the ``traceparent`` header or, when there
@@ -114,6 +115,15 @@ def forwarded_trace_context(headers: Any) -> dict[str, str]:
     return context
 
 
+def forwarded_meta_context(meta: Mapping[str, Any]) -> dict[str, str]:
+    """With tracing off: what replaces the trace context in one message's ``params._meta`` upstream, like
+    ``forwarded_trace_context`` for the headers: the client's, re-serialized, or nothing."""
+    parent, state = meta_trace_context({"_meta": meta})
+    if parent is None:
+        return {}
+    return {"traceparent": parent.header, **({"tracestate": state} if state is not None else {})}
+
+
 def meta_trace_context(params: Mapping[str, Any]) -> tuple[TraceParent | None, str | None]:
     """SEP-414: ``params._meta.traceparent`` and ``tracestate`` of one message, parsed like the headers."""
     meta = params.get("_meta")
@@ -181,7 +191,7 @@ class Tracing:
         )
         self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=config.endpoint, timeout=EXPORT_TIMEOUT)))
         self.tracer = self.provider.get_tracer("mcp-auth-gateway")
-        log.info("tracing on: OTLP/HTTP to %s, sample ratio %g", config.endpoint, config.sample_ratio)
+        log.info("tracing on: OTLP/HTTP to %s, sample ratio %g", without_userinfo(config.endpoint), config.sample_ratio)
 
     def begin(self, method: str, path: str, headers: Any, request_id: str) -> RequestTrace:
         trace = RequestTrace(self, f"{method} {path}", method, headers)
@@ -206,6 +216,17 @@ class Tracing:
         """Flushes what is queued (E3: the last requests' spans are not lost), then stops the exporter."""
         self.provider.force_flush(timeout_millis=FLUSH_TIMEOUT_MS)
         self.provider.shutdown()
+
+
+def without_userinfo(url: str) -> str:
+    """``https://user:secret@collector/v1/traces`` as ``https://***@collector/v1/traces``: a collector's
+    basic-auth credentials in the endpoint URL never reach the log."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
 
 def _now_ns() -> int:
