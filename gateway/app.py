@@ -373,7 +373,8 @@ async def serve(config: Config, *, ready: Callable[[str], None] | None = None,
         loop.add_signal_handler(sig, stop.set)
     address = f"http://{config.server.host}:{config.server.port}"
     tune_garbage_collection()
-    log.info("listening on %s, MCP endpoint %s, upstream %s", address, config.server.mcp_path, config.upstream.url)
+    log.info("listening on %s, MCP endpoint %s, upstream %s", address, config.server.mcp_path,
+             re.sub(r"(?<=//)[^/?#]*@", "***@", config.upstream.url, count=1))  # never a password in the log
     if ready:
         ready(address)
     try:

@@ -651,22 +651,27 @@ def _exists(path: Path) -> bool:
         return False
 
 
+def _shown_url(value: str) -> str:
+    """A URL for a message: userinfo (``user:password@``) is never shown, whatever else is wrong with it."""
+    return repr(re.sub(r"(?<=//)[^/?#]*@", "***@", value, count=1))
+
+
 def _url_problem(value: str) -> str | None:
     if any(ch.isspace() or not ch.isprintable() for ch in value):
         # urlsplit would quietly drop a tab or a leading space; a URL means one thing or is refused (I6).
-        return f"must not contain whitespace or control characters: {value!r}"
+        return f"must not contain whitespace or control characters: {_shown_url(value)}"
     try:
         parts = urlsplit(value)
         port = parts.port
     except ValueError:
-        return f"is not a URL: {value!r}"
+        return f"is not a URL: {_shown_url(value)}"
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        return f"must be an absolute http(s) URL, not {value!r}"
+        return f"must be an absolute http(s) URL, not {_shown_url(value)}"
     if parts.fragment:
         return "must not have a #fragment"
     port_text = parts.netloc.rpartition("]")[2].rpartition(":")[2] if ":" in parts.netloc.rpartition("]")[2] else None
     if port_text is not None and (port is None or port_text.startswith("0")):
-        return f"has an empty port or one with leading zeros: {value!r}"
+        return f"has an empty port or one with leading zeros: {_shown_url(value)}"
     return None
 
 

@@ -111,3 +111,18 @@ def test_s1_an_upstream_dpop_nonce_never_reaches_the_client():
                                              ("dpop-nonce", "again"), ("Mcp-Session-Id", "s1")]))
     kept = client_response_headers(upstream)
     assert "DPoP-Nonce" not in kept and kept["Mcp-Session-Id"] == "s1"
+
+
+def test_i5_o2_client_baggage_never_reaches_the_upstream():
+    """W3C baggage is free-form data the gateway neither parses nor decides: not forwarded (I5)."""
+    assert "baggage" in never_forwarded()
+
+
+def test_config_url_problems_never_show_a_password():
+    from gateway.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as refused:
+        parse_config({"server": {"public_url": "https://gw.example/mcp"},
+                      "upstream": {"url": "ftp://user:hunter2@upstream.internal/mcp"},
+                      "auth": {"issuers": [{"issuer": "https://idp.example.com"}]}, "authorization": {"policies": "/nonexistent"}})
+    assert "hunter2" not in str(refused.value) and "***@upstream.internal" in str(refused.value)

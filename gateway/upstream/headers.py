@@ -69,6 +69,8 @@ IDENTITY_CLAIMING_PREFIXES = (
 # (tracing on) or the client's re-serialized once it has parsed (gateway.observe.tracing), so a malformed,
 # repeated or oversized value never reaches a tracer upstream that may read it differently.
 TRACE_CONTEXT_HEADERS = frozenset({"traceparent", "tracestate"})
+# W3C baggage is free-form key/value data a client makes up; the gateway neither parses nor decides it.
+UNPARSED_CONTEXT_HEADERS = frozenset({"baggage"})
 
 # Not passed back to the client: framing is redone by aiohttp; cookies would only come back to be stripped;
 # an upstream challenge concerns the gateway's own credentials (U4), never the client.
@@ -135,7 +137,7 @@ def never_forwarded(extra: Iterable[str] = ()) -> frozenset[str]:
     """The fixed set of request headers never forwarded, plus ``extra`` (``upstream.strip_headers`` and the
     headers the gateway sets itself). Built once per process."""
     return (HOP_BY_HOP_HEADERS | CLIENT_ONLY_REQUEST_HEADERS | IDENTITY_CLAIMING_HEADERS | TRACE_CONTEXT_HEADERS
-            | {n.lower() for n in extra})
+            | UNPARSED_CONTEXT_HEADERS | {n.lower() for n in extra})
 
 
 # P1: what ``upstream_request_headers`` decided about a header name, by the name as sent (names repeat on
