@@ -41,7 +41,8 @@ from gateway.errors import (
     Forbidden, GatewayError, InsufficientUserAuthentication, MethodNotAllowed, PayloadTooLarge, RequestTimeout)
 from gateway.limits import PrincipalLimiter, Slot
 from gateway.mcp.jsonrpc import Batch, Message, check_routing_headers, encode_header_value, parse_body
-from gateway.mcp.listing import LIST_METHODS, ListFilter
+from gateway.mcp.listing import ListFilter
+from gateway.mcp.lists import LIST_METHODS
 from gateway.mcp.sessions import SessionBindings
 from gateway.mcp.subscriptions import UpdateFilter, may_mention as may_be_an_update
 from gateway.mcp.tasks import PURPOSE as TASK_PURPOSE, TaskBindings, TaskNotFound, may_mention as may_mention_a_task

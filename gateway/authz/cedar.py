@@ -41,16 +41,10 @@ from gateway.memo import ByteBoundedMemo, ByteBudgetCache
 from gateway.authz.pins import PinsError, PinStore
 from gateway.mcp.catalogue import DefinitionChange, ToolCatalogue
 from gateway.mcp.jsonrpc import Message
+from gateway.mcp.lists import LIST_CHECKS  # Z4: a listed item is decided as if it were used
 
 log = logging.getLogger(__name__)
 
-# Z4 / cedar.md: a listed item is checked as if it were used, with empty arguments.
-LIST_CHECKS = {
-    "tools/list": ("tools/call", "name"),
-    "prompts/list": ("prompts/get", "name"),
-    "resources/list": ("resources/read", "uri"),
-    "resources/templates/list": ("resources/read", "uri"),
-}
 
 _POLICY_ID = re.compile(r"\b(policy\d+)\b")
 

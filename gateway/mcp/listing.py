@@ -39,18 +39,11 @@ from typing import Any
 
 from gateway.errors import UpstreamError
 from gateway.memo import MEMO_ENTRY_MAX_BYTES, remembers
+from gateway.mcp.lists import LIST_RESULTS
 from gateway.mcp.sse import Event, format_event, parse_event
 
 log = logging.getLogger(__name__)
 
-# result key -> (the list method it answers, the item key naming each item)
-LIST_RESULTS = {
-    "tools": ("tools/list", "name"),
-    "prompts": ("prompts/list", "name"),
-    "resources": ("resources/list", "uri"),
-    "resourceTemplates": ("resources/templates/list", "uriTemplate"),
-}
-LIST_METHODS = frozenset(method for method, _ in LIST_RESULTS.values())
 
 ItemCheck = Callable[[str, str], bool]  # (list method, item name) -> may the caller use it?
 # An ItemCheck may also have ``check_many(list method, names) -> the allowed names``: the filter then asks
