@@ -26,7 +26,9 @@ steps when a known tool's attributes change (list memos key on it).
 And its definition (A2): description, inputSchema, outputSchema and annotations. The first definition seen
 is the accepted one, unless the pins file (``authorization.tool_pins``) names the tool; a listing with
 another definition is a change: logged (which parts, both digests, the command that accepts it), returned
-to the caller (the endpoint audits it), counted, and with ``tool_changes: deny`` its calls are refused.
+to the caller (the endpoint audits it), counted, and with ``tool_changes: deny`` its calls are refused
+until an operator accepts a definition (the pins file) or the gateway restarts: the accepted definition
+listed again does not clear it (an upstream can show each session another catalogue).
 A tool listed again unchanged costs one ``==``; digests are made only for tools that changed or are
 pinned by file. ``==`` equates ``1``, ``1.0`` and ``true``: such a respelling is not seen as a change
 (learned hints keep booleans only, so a ``readOnlyHint`` respelled ``1`` keeps its first reading).
@@ -180,7 +182,7 @@ class DefinitionChange:
     parts: tuple[str, ...]  # which of DEFINITION_PARTS differ from the previous listing
     digest: str  # the definition now listed
     accepted: str  # the accepted (pinned) one: from the pins file, else as first seen
-    changed: bool  # False: the tool is back to its accepted definition
+    changed: bool  # False: the listed definition was accepted (a pins file naming it)
 
 
 class _Entry:
@@ -260,11 +262,14 @@ class ToolCatalogue:
         if parts:
             accepted = entry.pin or definition_digest(old)
             digest = definition_digest(tool)
-            if digest != definition_digest(old):  # (== also differs for NaN, which the digest keeps equal)
-                was_changed, entry.pin = entry.changed, accepted
-                entry.changed = digest != accepted
-                if entry.changed or was_changed:
-                    self._report(DefinitionChange(name, parts, digest, accepted, entry.changed), changes)
+            # (== also differs for NaN, which the digest keeps equal.) A changed tool stays changed when the
+            # accepted definition is listed again: only an operator accepts (set_pins) or a restart. Else an
+            # upstream that shows the new definition to one session and the old one to the next (or
+            # alternates) would have the changed one's calls pass while its clients hold the new one.
+            entry.pin = accepted
+            if digest != definition_digest(old) and digest != accepted:
+                entry.changed = True
+                self._report(DefinitionChange(name, parts, digest, accepted, True), changes)
         before = entry.learned()
         entry.listed, entry.facts, entry.attrs = tool, None, None
         if entry.learned() != before:
@@ -283,7 +288,7 @@ class ToolCatalogue:
         changes.append(change)
         name = change.tool[:80]
         if not change.changed:
-            log.warning("tool %r is listed with its accepted definition again (%s)", name, change.digest,
+            log.warning("tool %r: its listed definition is accepted now (%s)", name, change.digest,
                         extra={"fields": {"tool": name, "digest": change.digest}})
             return
         self.changes_seen += 1
