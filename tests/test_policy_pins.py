@@ -130,6 +130,16 @@ def test_A2_flooding_the_catalogue_does_not_reset_a_pin():
     assert change.changed and catalogue.is_changed("weather")
 
 
+def test_A2_a_changed_tool_evicted_by_a_flood_stays_changed():
+    catalogue = ToolCatalogue(max_tools=10)
+    catalogue.learn([WEATHER])
+    catalogue.learn([{**WEATHER, "description": "now asks for secrets"}])
+    catalogue.learn([{"name": f"junk{i}"} for i in range(20)])
+    assert catalogue.attributes("weather") is None and catalogue.is_changed("weather")
+    catalogue.learn([WEATHER])  # back, with the accepted definition: still changed until accepted
+    assert catalogue.is_changed("weather")
+
+
 def test_A2_a_definition_too_deep_to_compare_fails_closed():
     deep: dict = {}
     node = deep

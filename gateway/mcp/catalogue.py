@@ -36,8 +36,9 @@ pinned by file. ``==`` equates ``1``, ``1.0`` and ``true``: such a respelling is
 The catalogue is as trustworthy as the upstream (it is the upstream's own description). It is bounded:
 at most ``MAX_TOOLS`` tools of at most ``MAX_PROPERTIES`` properties each, each held as the upstream listed
 it (so within ``upstream.max_list_bytes``); a tool listed again replaces its entry, and one never listed
-is not checked. Past ``MAX_TOOLS`` the tool listed longest ago is forgotten, its accepted digest kept (at
-most ``MAX_FORGOTTEN_PINS``) so that flooding the list cannot reset a pin.
+is not checked. Past ``MAX_TOOLS`` the tool listed longest ago is forgotten, its accepted digest and whether
+it changed kept (at most ``MAX_FORGOTTEN_PINS``) so that flooding the list can neither reset a pin nor
+clear a change.
 """
 
 from __future__ import annotations
@@ -215,7 +216,8 @@ class ToolCatalogue:
         self._stamps = itertools.count(1)
         self.generation = 0  # +1 whenever a known tool's learned attributes change (list memos key on it)
         self.pins: Mapping[str, str] = {}  # A2: tool name -> accepted digest, from authorization.tool_pins
-        self._forgotten: OrderedDict[str, str] = OrderedDict()  # pins of evicted tools (bounded)
+        # Evicted tools: (accepted digest, changed). A changed one stays refused while forgotten (bounded).
+        self._forgotten: OrderedDict[str, tuple[str, bool]] = OrderedDict()
         self.changes_seen = 0  # A2: definition changes seen (a metric)
         self.deny_changed = False  # authorization.tool_changes: deny (only changes the log's wording)
 
@@ -247,12 +249,13 @@ class ToolCatalogue:
         return changes
 
     def _first_sight(self, name: str, tool: Mapping[str, Any], changes: list[DefinitionChange]) -> _Entry:
-        accepted = self.pins.get(name) or self._forgotten.pop(name, None)
+        pinned, was_changed = self._forgotten.pop(name, (None, False))
+        accepted = self.pins.get(name) or pinned
         if accepted is None:
             return _Entry(tool, next(self._stamps))
         digest = definition_digest(tool)
-        entry = _Entry(tool, next(self._stamps), accepted, digest != accepted)
-        if entry.changed:
+        entry = _Entry(tool, next(self._stamps), accepted, was_changed or digest != accepted)
+        if digest != accepted:
             self._report(DefinitionChange(name, (), digest, accepted, True), changes)
         return entry
 
@@ -278,9 +281,9 @@ class ToolCatalogue:
 
     def _forget(self, name: str, entry: _Entry) -> None:
         try:
-            self._forgotten[name] = entry.pin or definition_digest(entry.listed)
+            self._forgotten[name] = (entry.pin or definition_digest(entry.listed), entry.changed)
         except (RecursionError, ValueError, TypeError):
-            self._forgotten[name] = UNREADABLE
+            self._forgotten[name] = (UNREADABLE, True)
         while len(self._forgotten) > MAX_FORGOTTEN_PINS:
             self._forgotten.popitem(last=False)
 
@@ -310,8 +313,8 @@ class ToolCatalogue:
         for name, accepted in pins.items():
             entry = self._tools.get(name)
             if entry is None:
-                if name in self._forgotten:
-                    self._forgotten[name] = accepted
+                if name in self._forgotten:  # judged against the new pin when listed again
+                    self._forgotten[name] = (accepted, False)
                 continue
             try:
                 digest = definition_digest(entry.listed)
@@ -323,9 +326,13 @@ class ToolCatalogue:
         return changes
 
     def is_changed(self, tool: str) -> bool:
-        """A2: whether the tool is listed with another definition than the accepted one."""
+        """A2: whether the tool was listed with another definition than the accepted one since it was last
+        accepted (also while evicted: a flood of other tools must not clear it)."""
         entry = self._tools.get(tool)
-        return entry is not None and entry.changed
+        if entry is not None:
+            return entry.changed
+        forgotten = self._forgotten.get(tool)
+        return forgotten is not None and forgotten[1]
 
     def attributes(self, tool: str) -> dict[str, Any] | None:
         """A1: the learned attributes of a listed tool (do not change them), None for one never listed."""
