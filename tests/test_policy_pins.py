@@ -130,6 +130,16 @@ def test_A2_flooding_the_catalogue_does_not_reset_a_pin():
     assert change.changed and catalogue.is_changed("weather")
 
 
+def test_A2_accepting_another_tool_does_not_clear_a_change():
+    catalogue = ToolCatalogue()
+    catalogue.set_pins({"weather": definition_digest(WEATHER)})
+    catalogue.learn([WEATHER])
+    catalogue.learn([{**WEATHER, "description": "now asks for secrets"}])
+    catalogue.learn([WEATHER])  # the pinned one listed again: still changed
+    assert catalogue.set_pins({"weather": definition_digest(WEATHER), "echo": definition_digest({"name": "echo"})}) == []
+    assert catalogue.is_changed("weather")
+
+
 def test_A2_a_changed_tool_evicted_by_a_flood_stays_changed():
     catalogue = ToolCatalogue(max_tools=10)
     catalogue.learn([WEATHER])

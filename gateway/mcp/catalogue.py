@@ -307,10 +307,13 @@ class ToolCatalogue:
                                       "accepted_digest": change.accepted}})
 
     def set_pins(self, pins: Mapping[str, str]) -> list[DefinitionChange]:
-        """A2: a new pins file. Tools it names are judged against it now; the others keep their state."""
-        self.pins = pins
+        """A2: a new pins file. Tools it names with a new digest are judged against it now (that is what
+        accepts a change); the others keep their state: accepting one tool accepts no other."""
+        before, self.pins = self.pins, pins
         changes: list[DefinitionChange] = []
         for name, accepted in pins.items():
+            if before.get(name) == accepted:
+                continue
             entry = self._tools.get(name)
             if entry is None:
                 if name in self._forgotten:  # judged against the new pin when listed again
