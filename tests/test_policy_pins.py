@@ -88,6 +88,15 @@ def test_A2_the_digest_is_of_the_canonical_definition_only():
     assert definition_digest(WEATHER).startswith("sha256:") and len(definition_digest(WEATHER)) == 71
 
 
+def test_A2_another_spelling_of_a_definition_part_is_part_of_the_definition():
+    assert definition_digest({**WEATHER, "Description": "evil"}) != definition_digest(WEATHER)
+    assert definition_digest({**WEATHER, "input_schema": {}}) != definition_digest(WEATHER)
+    catalogue = ToolCatalogue()
+    catalogue.learn([WEATHER])
+    [change] = catalogue.learn([{**WEATHER, "DESCRIPTION": "evil"}])
+    assert change.parts == ("description",) and catalogue.is_changed("weather")
+
+
 def test_A2_a_change_is_reported_once_and_stays_until_accepted(caplog):
     catalogue = ToolCatalogue()
     assert catalogue.learn([WEATHER]) == []

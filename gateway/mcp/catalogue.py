@@ -23,7 +23,8 @@ Per tool too, for policies (A1): its ``annotations`` hints (``readOnlyHint``, ``
 so a cached decision made under other attributes is never reused, and the catalogue a *generation* that
 steps when a known tool's attributes change (list memos key on it).
 
-And its definition (A2): description, inputSchema, outputSchema and annotations. The first definition seen
+And its definition (A2): description, inputSchema, outputSchema and annotations (in every spelling a
+case-insensitive client reads as one of them: ``Description`` too). The first definition seen
 is the accepted one, unless the pins file (``authorization.tool_pins``) names the tool; a listing with
 another definition is a change: logged (which parts, both digests, the command that accepts it), returned
 to the caller (the endpoint audits it), counted, and with ``tool_changes: deny`` its calls are refused
@@ -164,8 +165,19 @@ def learned_attributes(tool: Mapping[str, Any]) -> dict[str, Any]:
     return attrs
 
 
+_FOLDED_PARTS = {fold_key(part): part for part in DEFINITION_PARTS}
+
+
 def definition_of(tool: Mapping[str, Any]) -> dict[str, Any]:
-    return {part: tool[part] for part in DEFINITION_PARTS if part in tool}
+    """The members that make the definition, each spelling a lenient client could read as one of
+    ``DEFINITION_PARTS`` included: Go's ``encoding/json`` takes ``Description`` beside ``description`` for the
+    description (the later one wins), so adding one is a change like any other (I2's folding)."""
+    return {key: value for key, value in tool.items() if key in DEFINITION_PARTS or fold_key(key) in _FOLDED_PARTS}
+
+
+def _spellings(tool: Mapping[str, Any], part: str) -> dict[str, Any]:
+    folded = fold_key(part)
+    return {key: value for key, value in tool.items() if key == part or fold_key(key) == folded}
 
 
 def definition_digest(tool: Mapping[str, Any]) -> str:
@@ -261,7 +273,7 @@ class ToolCatalogue:
 
     def _relisted(self, name: str, entry: _Entry, tool: Mapping[str, Any], changes: list[DefinitionChange]) -> None:
         old = entry.listed
-        parts = tuple(part for part in DEFINITION_PARTS if old.get(part) != tool.get(part))
+        parts = tuple(part for part in DEFINITION_PARTS if _spellings(old, part) != _spellings(tool, part))
         if parts:
             accepted = entry.pin or definition_digest(old)
             digest = definition_digest(tool)
