@@ -566,3 +566,17 @@ async def test_A2_a_second_spelling_of_the_description_is_a_change(serve_gateway
     assert (await rpc(gateway, alice, "tools/call", {"name": "weather", "arguments": {}}))[0] == 403
     [change] = [e for e in gateway.audit() if e.get("event") == "tool_definition_changed"]
     assert change["changed_parts"] == ["description"]
+
+
+async def test_A3_tasks_update_is_in_the_tasks_group_without_a_schema(serve_gateway, issuer, upstream, tmp_path):
+    """Attack: without authorization.schema, the gateway's own groups left tasks/update out of
+    ``Action::"tasks"`` (the shipped schema has it), so a forbid on the group did not stop it."""
+    policies = policy_folder(tmp_path, "no-tasks", 'permit (principal, action, resource);\n'
+                             '@id("no-tasks")\nforbid (principal, action in Action::"tasks", resource);\n')
+    gateway = await serve_gateway(upstream.url, authorization={"policies": str(policies)})
+    alice = issuer.mint()
+    for method in ("tasks/get", "tasks/update"):
+        status, body = await rpc(gateway, alice, method, {"taskId": "t-1"}, headers={"Mcp-Name": "t-1"})
+        assert status == 403, (method, body)
+        assert decisions(gateway, method)[-1]["policies"] == ["no-tasks"]
+    assert not upstream.received

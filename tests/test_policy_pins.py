@@ -202,6 +202,19 @@ def test_A2_the_pins_file_is_checked_written_atomically_and_a_broken_edit_refuse
 
 # -- A3 ------------------------------------------------------------------------------------------------------
 
+def test_A3_the_groups_without_a_schema_are_the_shipped_schemas():
+    """tasks/update was in the schema's tasks group but not in the one used without a schema, so a
+    ``forbid ... action in Action::"tasks"`` let it through when authorization.schema was not set."""
+    from gateway.authz.cedar import ACTION_GROUPS, action_entities
+    import cedarpy
+
+    def parents(schema):
+        return {e["uid"]["id"]: sorted(p["id"] for p in e["parents"]) for e in action_entities(schema, [])}
+
+    shipped = parents(cedarpy.Schema.from_str(SCHEMA.read_text()))
+    assert parents(None) == {name: groups for name, groups in shipped.items() if groups or name in ACTION_GROUPS}
+
+
 @pytest.mark.parametrize("schema", [SCHEMA, None], ids=["shipped-schema", "no-schema"])
 def test_A3_groups_hold_in_single_decisions_batches_and_lists(tmp_path, schema):
     authorizer = authorizer_for(tmp_path, 'permit (principal, action in Action::"read", resource);\n'

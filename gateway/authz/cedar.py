@@ -65,7 +65,7 @@ ACTION_GROUPS: dict[str, tuple[str, ...]] = {
              "resources/read", "completion/complete"),
     "subscribe": ("resources/subscribe", "resources/unsubscribe", "subscriptions/listen"),
     "housekeeping": ("logging/setLevel", "server/discover"),
-    "tasks": ("tasks/get", "tasks/list", "tasks/result", "tasks/cancel"),
+    "tasks": ("tasks/get", "tasks/update", "tasks/cancel", "tasks/result", "tasks/list"),
 }
 # A1: attributes the gateway learns from the upstream's tools/list answers (gateway.mcp.catalogue).
 LEARNED_ATTRIBUTES = ("annotations", "title")
