@@ -580,3 +580,26 @@ async def test_A3_tasks_update_is_in_the_tasks_group_without_a_schema(serve_gate
         assert status == 403, (method, body)
         assert decisions(gateway, method)[-1]["policies"] == ["no-tasks"]
     assert not upstream.received
+
+
+async def test_A1_a_tool_name_in_another_case_is_refused(serve_gateway, issuer, upstream, tmp_path):
+    """Attack: servers whose tool registry ignores case (.NET ``StringComparer.OrdinalIgnoreCase``, as in
+    Azure Data API Builder's MCP server) run ``delete_records`` for ``Delete_Records``. The gateway decided
+    ``Tool::"Delete_Records"``, never listed: no annotations for a forbid to read, no pin (A2), no step-up
+    glob match (A6). A name that folds equal to a listed one is refused (400), nothing forwarded."""
+    destructive = {"name": "delete_records", "description": "Deletes.", "inputSchema": {"type": "object"},
+                   "annotations": {"destructiveHint": True}}
+    upstream.behaviour = scripted_tools([[destructive]])
+    policies = policy_folder(tmp_path, "no-destructive", 'permit (principal, action, resource);\n'
+                             '@id("no-destructive-tools")\nforbid (principal, action == Action::"tools/call", resource) when '
+                             '{ resource has annotations && resource.annotations has destructiveHint && resource.annotations.destructiveHint };\n')
+    gateway = await serve_gateway(upstream.url, authorization={"policies": str(policies)})
+    alice = issuer.mint()
+    assert (await rpc(gateway, alice, "tools/list"))[0] == 200
+    assert (await rpc(gateway, alice, "tools/call", {"name": "delete_records", "arguments": {}}))[0] == 403
+    forwarded = len(upstream.received)
+    for variant in ("Delete_Records", "DELETE_RECORDS", "delete-records"):
+        status, body = await rpc(gateway, alice, "tools/call", {"name": variant, "arguments": {}})
+        assert status == 400, (variant, body)
+    assert len(upstream.received) == forwarded
+    assert (await rpc(gateway, alice, "tools/call", {"name": "get_time", "arguments": {}}))[0] == 200  # just unlisted

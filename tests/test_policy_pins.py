@@ -72,6 +72,21 @@ def test_A1_a_changed_annotation_changes_the_decision_cache_key(tmp_path):
     assert listed == frozenset()
 
 
+def test_A1_a_call_naming_a_listed_tool_in_another_spelling_is_refused():
+    from gateway.mcp.jsonrpc import MalformedMessage
+
+    catalogue = ToolCatalogue(max_tools=3)
+    catalogue.check_call("Weather", {}, {})  # nothing listed yet: nothing to compare with
+    catalogue.learn([WEATHER, {"name": "get_time"}, {"name": "status"}])
+    for variant in ("Weather", "WEATHER", "w\u200beather", "GET-TIME", "\u017ftatus"):
+        with pytest.raises(MalformedMessage):
+            catalogue.check_call(variant, {}, {})
+    catalogue.check_call("weather", {}, {})
+    catalogue.check_call("forecast", {}, {})
+    catalogue.learn([{"name": f"junk{i}"} for i in range(3)])  # both evicted: the index follows
+    catalogue.check_call("Weather", {}, {})
+
+
 def test_A1_the_catalogue_stays_bounded():
     catalogue = ToolCatalogue(max_tools=100)
     catalogue.learn([{"name": f"t{i}", "description": "x"} for i in range(250)])

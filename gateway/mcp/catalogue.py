@@ -224,6 +224,7 @@ class ToolCatalogue:
 
     def __init__(self, *, max_tools: int = MAX_TOOLS):
         self._max = max_tools
+        self._folded_names: dict[str, str] | None = None  # fold_key(name) -> name; rebuilt when names change
         self._tools: OrderedDict[str, _Entry] = OrderedDict()
         self._stamps = itertools.count(1)
         self.generation = 0  # +1 whenever a known tool's learned attributes change (list memos key on it)
@@ -246,6 +247,7 @@ class ToolCatalogue:
                 if entry is None:
                     # No generation step: nothing was decided with this tool's attributes before it was seen.
                     entries[name] = self._first_sight(name, tool, changes)
+                    self._folded_names = None
                     continue
                 entries.move_to_end(name)
                 if entry.listed == tool:  # the common case: listed again unchanged (see the module docstring)
@@ -258,6 +260,7 @@ class ToolCatalogue:
                 self.generation += 1
         while len(entries) > self._max:
             self._forget(*entries.popitem(last=False))
+            self._folded_names = None
         return changes
 
     def _first_sight(self, name: str, tool: Mapping[str, Any], changes: list[DefinitionChange]) -> _Entry:
@@ -371,10 +374,25 @@ class ToolCatalogue:
             entry.facts = facts_of(tool, entry.listed.get("inputSchema"))
         return entry.facts
 
+    def listed_spelling(self, tool: str) -> str | None:
+        """I2 for tool names: the listed tool that ``tool`` (listed itself or not) folds equal to, if any.
+        Made on the first call of an unlisted name after the names changed (O(tools) then, O(1) after)."""
+        if self._folded_names is None:
+            self._folded_names = {fold_key(name): name for name in self._tools}
+        return self._folded_names.get(fold_key(tool))
+
     def check_call(self, tool: str, arguments: Mapping[str, Any], request_headers: Mapping[str, str]) -> None:
-        """I2 and M2 for one ``tools/call``; raises ``MalformedMessage``."""
+        """I2 and M2 for one ``tools/call``; raises ``MalformedMessage``.
+
+        A name that is not listed but folds equal to a listed one (``Delete_Records`` for
+        ``delete_records``) is refused: servers that find tools case-insensitively (a .NET
+        ``OrdinalIgnoreCase`` registry) run the listed tool, while policies, pins (A2), annotations (A1) and
+        step-up rules (A6) would judge a tool nobody listed."""
         facts = self.facts(tool)
         if facts is None:
+            spelled = self.listed_spelling(tool) if self._tools else None
+            if spelled is not None:
+                raise MalformedMessage("member_spelling", f"tool name {tool[:60]!r}: the upstream lists {spelled[:60]!r}")
             return
         for key in arguments:
             if facts.spellings.get(key) == key:
