@@ -603,3 +603,27 @@ async def test_A1_a_tool_name_in_another_case_is_refused(serve_gateway, issuer, 
         assert status == 400, (variant, body)
     assert len(upstream.received) == forwarded
     assert (await rpc(gateway, alice, "tools/call", {"name": "get_time", "arguments": {}}))[0] == 200  # just unlisted
+
+
+async def test_A5_an_edited_candidate_set_decides_the_next_list(serve_gateway, issuer, upstream, tmp_path):
+    """The filtered-list memo was keyed on the enforced policies only: after the candidate set was edited,
+    the same upstream list was answered from the memo for up to five minutes, the new candidate set never
+    deciding it (no candidate_list event, no disagreement counted)."""
+    tools = [{"name": name, "inputSchema": {"type": "object"}} for name in ("delete_records", "echo")]
+    upstream.behaviour = scripted_tools([tools])
+    candidates = policy_folder(tmp_path, "candidates", 'permit (principal, action, resource);\n')
+    gateway = await serve_gateway(upstream.url, authorization={"candidate_policies": str(candidates)})
+    alice = issuer.mint()
+    assert (await rpc(gateway, alice, "tools/list"))[0] == 200
+    assert not [e for e in gateway.audit() if e.get("event") == "candidate_list"]  # they agree
+    (candidates / "extra-0.cedar").write_text(
+        '@id("candidate-echo-only")\npermit (principal, action == Action::"tools/call", resource == Tool::"echo");\n'
+        'permit (principal, action == Action::"tools/list", resource);\n')
+
+    async def reloaded():
+        return any("candidate policies reloaded" in r.get("message", "") for r in gateway.log_records())
+
+    assert await eventually(reloaded)
+    assert (await rpc(gateway, alice, "tools/list"))[0] == 200
+    [event] = [e for e in gateway.audit() if e.get("event") == "candidate_list"]
+    assert event["candidate_would_hide"] == ["delete_records"]

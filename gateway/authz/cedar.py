@@ -506,7 +506,10 @@ class Authorizer:
         """What list filtering depends on besides the list itself: the caller's attributes and the policies."""
         entity = principal_entity(principal, self.group_claims)
         # The catalogue's generation: a list answer learned under other tool attributes (A1) is decided again.
-        said = [entity, principal.token_type, self.store.current.version, self.catalogue.generation]
+        # A5: and the candidate set's version, so an edited candidate set decides the next list (not the memo).
+        candidate = self.candidate.store.current if self.candidate is not None else None
+        said = [entity, principal.token_type, self.store.current.version, self.catalogue.generation,
+                candidate.version if candidate is not None else None]
         return hashlib.sha256(json.dumps(said, sort_keys=True).encode()).digest()
 
     def item_check(self, principal: Principal, scope: bytes | None = None,
