@@ -174,6 +174,17 @@ def test_A2_a_changed_tool_evicted_by_a_flood_stays_changed():
     assert catalogue.is_changed("weather")
 
 
+def test_A2_once_forgotten_pins_are_dropped_a_first_sight_counts_as_changed():
+    catalogue = ToolCatalogue(max_tools=10, max_forgotten=20)
+    catalogue.learn([WEATHER])
+    catalogue.learn([{"name": f"junk{i}"} for i in range(30)])  # 31 tools for 10 + 20 places
+    assert catalogue.forgot_pins
+    catalogue.learn([{**WEATHER, "description": "now asks for secrets"}])
+    assert catalogue.is_changed("weather")
+    [accepted] = catalogue.set_pins({"weather": definition_digest({**WEATHER, "description": "now asks for secrets"})})
+    assert not accepted.changed and not catalogue.is_changed("weather")
+
+
 def test_A2_a_definition_too_deep_to_compare_fails_closed():
     deep: dict = {}
     node = deep

@@ -39,7 +39,9 @@ at most ``MAX_TOOLS`` tools of at most ``MAX_PROPERTIES`` properties each, each 
 it (so within ``upstream.max_list_bytes``); a tool listed again replaces its entry, and one never listed
 is not checked. Past ``MAX_TOOLS`` the tool listed longest ago is forgotten, its accepted digest and whether
 it changed kept (at most ``MAX_FORGOTTEN_PINS``) so that flooding the list can neither reset a pin nor
-clear a change.
+clear a change. Past that bound too (one list of 60,000 tiny tools is 2 MB), the gateway can no longer
+tell a new tool from a forgotten one, so every tool it sees for the first time after that counts as
+changed (``forgot_pins``; fail closed).
 """
 
 from __future__ import annotations
@@ -147,6 +149,7 @@ HINTS = ("readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint")
 DEFINITION_PARTS = ("description", "inputSchema", "outputSchema", "annotations")
 UNREADABLE = "unreadable"  # the pin of a tool whose definition could not be compared: never matches
 MAX_FORGOTTEN_PINS = 50_000  # digests of tools evicted past MAX_TOOLS, kept so a flood cannot reset a pin
+FORGOTTEN = "forgotten"  # the pin of a tool first seen after accepted digests were dropped: never matches
 
 
 def learned_attributes(tool: Mapping[str, Any]) -> dict[str, Any]:
@@ -222,8 +225,13 @@ class ToolCatalogue:
     """What the upstream's ``tools/list`` answers said of each tool, the latest answer per tool winning
     (a list page replaces the entries of the tools it lists; the others are kept)."""
 
-    def __init__(self, *, max_tools: int = MAX_TOOLS):
+    def __init__(self, *, max_tools: int = MAX_TOOLS, max_forgotten: int = MAX_FORGOTTEN_PINS):
         self._max = max_tools
+        self._max_forgotten = max_forgotten
+        # A2: set once an evicted tool's accepted digest had to be dropped (more tools than both bounds were
+        # listed): a tool seen "for the first time" may then be one whose pin was dropped, so from then on
+        # every first sight not pinned by file counts as changed (until accepted, or a restart).
+        self.forgot_pins = False
         self._folded_names: dict[str, str] | None = None  # fold_key(name) -> name; rebuilt when names change
         self._tools: OrderedDict[str, _Entry] = OrderedDict()
         self._stamps = itertools.count(1)
@@ -267,7 +275,8 @@ class ToolCatalogue:
         pinned, was_changed = self._forgotten.pop(name, (None, False))
         accepted = self.pins.get(name) or pinned
         if accepted is None:
-            return _Entry(tool, next(self._stamps))
+            # Not reported one by one: the flood that set forgot_pins may list thousands (one error said why).
+            return _Entry(tool, next(self._stamps), FORGOTTEN, True) if self.forgot_pins else _Entry(tool, next(self._stamps))
         digest = definition_digest(tool)
         entry = _Entry(tool, next(self._stamps), accepted, was_changed or digest != accepted)
         if digest != accepted:
@@ -299,8 +308,14 @@ class ToolCatalogue:
             self._forgotten[name] = (entry.pin or definition_digest(entry.listed), entry.changed)
         except (RecursionError, ValueError, TypeError):
             self._forgotten[name] = (UNREADABLE, True)
-        while len(self._forgotten) > MAX_FORGOTTEN_PINS:
+        while len(self._forgotten) > self._max_forgotten:
             self._forgotten.popitem(last=False)
+            if not self.forgot_pins:
+                self.forgot_pins = True
+                log.error("the upstream listed more tools than the gateway remembers (%d listed, %d forgotten): "
+                          "accepted definitions were dropped, so every tool first seen from now on counts as "
+                          "changed until accepted (authorization.tool_pins) or a restart", self._max, self._max_forgotten,
+                          extra={"fields": {"reason": "tool_pins_forgotten"}})
 
     def _report(self, change: DefinitionChange, changes: list[DefinitionChange]) -> None:
         changes.append(change)
