@@ -266,6 +266,7 @@ class ToolCatalogue:
                 log.warning("tool %r: its definition cannot be compared (%s); treated as changed", name[:80], type(exc).__name__)
                 entries[name] = _Entry(tool, next(self._stamps), UNREADABLE, True)
                 self.generation += 1
+                self._folded_names = None  # (the name may be new)
         while len(entries) > self._max:
             self._forget(*entries.popitem(last=False))
             self._folded_names = None
