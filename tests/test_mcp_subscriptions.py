@@ -163,3 +163,37 @@ async def test_M3_malformed_or_disguised_update_frames_fail_closed(serve_gateway
     assert frames[0] == expected[0] and frames[1] == expected[1]  # passed byte for byte
     assert json.loads(frames[2][len("data: "):]) == [update(OPEN)]  # the batch without the secret
     assert "demo://secret" not in text
+
+
+def scripted_frames(*frames: bytes):
+    async def behaviour(request: web.Request, received: Received) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for frame in frames:
+            await response.write(frame)
+        await response.write_eof()
+        return response
+
+    return behaviour
+
+
+async def listen_through(gateway, issuer, *, body=LISTEN) -> tuple[int, str]:
+    headers = {**bearer(issuer.mint(sub="bob")), "Content-Type": "application/json",
+               "Accept": "application/json, text/event-stream", "MCP-Protocol-Version": MODERN}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{gateway.url}/mcp", data=json.dumps(body), headers=headers) as response:
+            return response.status, (await response.read()).decode(errors="replace")
+
+
+async def test_M3_an_update_with_a_duplicate_uri_key_is_sent_as_the_gateway_read_it(
+        serve_gateway, aiohttp_server, issuer, listen_policies):
+    """Attack: ``{"uri": "demo://secret", "uri": "demo://open"}``: the filter read the last (open, allowed)
+    and passed the upstream's bytes, so a first-wins reader got the secret URI. An update that passes is
+    sent as the gateway's own serialization of what it decided on."""
+    duplicate = b'data: {"jsonrpc":"2.0","method":"notifications/resources/updated","params":{"uri":"demo://secret","uri":"demo://open"}}\n\n'
+    recorder = RecordingUpstream(behaviour=scripted_frames(duplicate))
+    server = await aiohttp_server(recorder.app())
+    gateway = await serve_gateway(str(server.make_url("/mcp")))
+    status, text = await listen_through(gateway, issuer)
+    assert status == 200 and "demo://secret" not in text
+    assert [json.loads(line[5:]) for line in text.splitlines() if line.startswith("data:")] == [update(OPEN)]

@@ -72,6 +72,21 @@ def test_A1_a_changed_annotation_changes_the_decision_cache_key(tmp_path):
     assert listed == frozenset()
 
 
+def test_A1_a_call_naming_a_listed_tool_in_another_spelling_is_refused():
+    from gateway.mcp.jsonrpc import MalformedMessage
+
+    catalogue = ToolCatalogue(max_tools=3)
+    catalogue.check_call("Weather", {}, {})  # nothing listed yet: nothing to compare with
+    catalogue.learn([WEATHER, {"name": "get_time"}, {"name": "status"}])
+    for variant in ("Weather", "WEATHER", "w\u200beather", "GET-TIME", "\u017ftatus"):
+        with pytest.raises(MalformedMessage):
+            catalogue.check_call(variant, {}, {})
+    catalogue.check_call("weather", {}, {})
+    catalogue.check_call("forecast", {}, {})
+    catalogue.learn([{"name": f"junk{i}"} for i in range(3)])  # both evicted: the index follows
+    catalogue.check_call("Weather", {}, {})
+
+
 def test_A1_the_catalogue_stays_bounded():
     catalogue = ToolCatalogue(max_tools=100)
     catalogue.learn([{"name": f"t{i}", "description": "x"} for i in range(250)])
@@ -88,7 +103,16 @@ def test_A2_the_digest_is_of_the_canonical_definition_only():
     assert definition_digest(WEATHER).startswith("sha256:") and len(definition_digest(WEATHER)) == 71
 
 
-def test_A2_a_change_is_reported_once_and_a_return_to_the_accepted_one_too(caplog):
+def test_A2_another_spelling_of_a_definition_part_is_part_of_the_definition():
+    assert definition_digest({**WEATHER, "Description": "evil"}) != definition_digest(WEATHER)
+    assert definition_digest({**WEATHER, "input_schema": {}}) != definition_digest(WEATHER)
+    catalogue = ToolCatalogue()
+    catalogue.learn([WEATHER])
+    [change] = catalogue.learn([{**WEATHER, "DESCRIPTION": "evil"}])
+    assert change.parts == ("description",) and catalogue.is_changed("weather")
+
+
+def test_A2_a_change_is_reported_once_and_stays_until_accepted(caplog):
     catalogue = ToolCatalogue()
     assert catalogue.learn([WEATHER]) == []
     assert catalogue.learn([json.loads(json.dumps(WEATHER))]) == []  # listed again, same definition
@@ -98,8 +122,10 @@ def test_A2_a_change_is_reported_once_and_a_return_to_the_accepted_one_too(caplo
     assert change.accepted == definition_digest(WEATHER) and change.digest == definition_digest(changed)
     assert catalogue.is_changed("weather") and catalogue.changes_seen == 1
     assert catalogue.learn([changed]) == []  # no new change
-    [back] = catalogue.learn([WEATHER])
-    assert not back.changed and not catalogue.is_changed("weather") and catalogue.changes_seen == 1
+    assert catalogue.learn([WEATHER]) == []  # the accepted one listed again (another session?): still changed
+    assert catalogue.is_changed("weather") and catalogue.changes_seen == 1
+    [accepted] = catalogue.set_pins({"weather": definition_digest(WEATHER)})  # an operator accepts
+    assert not accepted.changed and not catalogue.is_changed("weather")
     assert "pins accept --tool 'weather=sha256:" in caplog.text
 
 
@@ -126,6 +152,37 @@ def test_A2_flooding_the_catalogue_does_not_reset_a_pin():
     catalogue.learn([{"name": f"junk{i}"} for i in range(20)])  # weather is forgotten...
     [change] = catalogue.learn([{**WEATHER, "description": "now asks for secrets"}])  # ...its pin is not
     assert change.changed and catalogue.is_changed("weather")
+
+
+def test_A2_accepting_another_tool_does_not_clear_a_change():
+    catalogue = ToolCatalogue()
+    catalogue.set_pins({"weather": definition_digest(WEATHER)})
+    catalogue.learn([WEATHER])
+    catalogue.learn([{**WEATHER, "description": "now asks for secrets"}])
+    catalogue.learn([WEATHER])  # the pinned one listed again: still changed
+    assert catalogue.set_pins({"weather": definition_digest(WEATHER), "echo": definition_digest({"name": "echo"})}) == []
+    assert catalogue.is_changed("weather")
+
+
+def test_A2_a_changed_tool_evicted_by_a_flood_stays_changed():
+    catalogue = ToolCatalogue(max_tools=10)
+    catalogue.learn([WEATHER])
+    catalogue.learn([{**WEATHER, "description": "now asks for secrets"}])
+    catalogue.learn([{"name": f"junk{i}"} for i in range(20)])
+    assert catalogue.attributes("weather") is None and catalogue.is_changed("weather")
+    catalogue.learn([WEATHER])  # back, with the accepted definition: still changed until accepted
+    assert catalogue.is_changed("weather")
+
+
+def test_A2_once_forgotten_pins_are_dropped_a_first_sight_counts_as_changed():
+    catalogue = ToolCatalogue(max_tools=10, max_forgotten=20)
+    catalogue.learn([WEATHER])
+    catalogue.learn([{"name": f"junk{i}"} for i in range(30)])  # 31 tools for 10 + 20 places
+    assert catalogue.forgot_pins
+    catalogue.learn([{**WEATHER, "description": "now asks for secrets"}])
+    assert catalogue.is_changed("weather")
+    [accepted] = catalogue.set_pins({"weather": definition_digest({**WEATHER, "description": "now asks for secrets"})})
+    assert not accepted.changed and not catalogue.is_changed("weather")
 
 
 def test_A2_a_definition_too_deep_to_compare_fails_closed():
@@ -170,6 +227,19 @@ def test_A2_the_pins_file_is_checked_written_atomically_and_a_broken_edit_refuse
 
 
 # -- A3 ------------------------------------------------------------------------------------------------------
+
+def test_A3_the_groups_without_a_schema_are_the_shipped_schemas():
+    """tasks/update was in the schema's tasks group but not in the one used without a schema, so a
+    ``forbid ... action in Action::"tasks"`` let it through when authorization.schema was not set."""
+    from gateway.authz.cedar import ACTION_GROUPS, action_entities
+    import cedarpy
+
+    def parents(schema):
+        return {e["uid"]["id"]: sorted(p["id"] for p in e["parents"]) for e in action_entities(schema, [])}
+
+    shipped = parents(cedarpy.Schema.from_str(SCHEMA.read_text()))
+    assert parents(None) == {name: groups for name, groups in shipped.items() if groups or name in ACTION_GROUPS}
+
 
 @pytest.mark.parametrize("schema", [SCHEMA, None], ids=["shipped-schema", "no-schema"])
 def test_A3_groups_hold_in_single_decisions_batches_and_lists(tmp_path, schema):

@@ -59,7 +59,7 @@ ACTION_GROUPS: dict[str, tuple[str, ...]] = {
              "resources/read", "completion/complete"),
     "subscribe": ("resources/subscribe", "resources/unsubscribe", "subscriptions/listen"),
     "housekeeping": ("logging/setLevel", "server/discover"),
-    "tasks": ("tasks/get", "tasks/list", "tasks/result", "tasks/cancel"),
+    "tasks": ("tasks/get", "tasks/update", "tasks/cancel", "tasks/result", "tasks/list"),
 }
 # A1: attributes the gateway learns from the upstream's tools/list answers (gateway.mcp.catalogue).
 LEARNED_ATTRIBUTES = ("annotations", "title")
@@ -560,7 +560,10 @@ class Authorizer:
         """What list filtering depends on besides the list itself: the caller's attributes and the policies."""
         entity = principal_entity(principal, self.group_claims)
         # The catalogue's generation: a list answer learned under other tool attributes (A1) is decided again.
-        said = [entity, principal.token_type, self.store.current.version, self.catalogue.generation]
+        # A5: and the candidate set's version, so an edited candidate set decides the next list (not the memo).
+        candidate = self.candidate.store.current if self.candidate is not None else None
+        said = [entity, principal.token_type, self.store.current.version, self.catalogue.generation,
+                candidate.version if candidate is not None else None]
         return hashlib.sha256(json.dumps(said, sort_keys=True).encode()).digest()
 
     def item_check(self, principal: Principal, scope: bytes | None = None,

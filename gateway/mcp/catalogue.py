@@ -23,10 +23,13 @@ Per tool too, for policies (A1): its ``annotations`` hints (``readOnlyHint``, ``
 so a cached decision made under other attributes is never reused, and the catalogue a *generation* that
 steps when a known tool's attributes change (list memos key on it).
 
-And its definition (A2): description, inputSchema, outputSchema and annotations. The first definition seen
+And its definition (A2): description, inputSchema, outputSchema and annotations (in every spelling a
+case-insensitive client reads as one of them: ``Description`` too). The first definition seen
 is the accepted one, unless the pins file (``authorization.tool_pins``) names the tool; a listing with
 another definition is a change: logged (which parts, both digests, the command that accepts it), returned
-to the caller (the endpoint audits it), counted, and with ``tool_changes: deny`` its calls are refused.
+to the caller (the endpoint audits it), counted, and with ``tool_changes: deny`` its calls are refused
+until an operator accepts a definition (the pins file) or the gateway restarts: the accepted definition
+listed again does not clear it (an upstream can show each session another catalogue).
 A tool listed again unchanged costs one ``==``; digests are made only for tools that changed or are
 pinned by file. ``==`` equates ``1``, ``1.0`` and ``true``: such a respelling is not seen as a change
 (learned hints keep booleans only, so a ``readOnlyHint`` respelled ``1`` keeps its first reading).
@@ -34,8 +37,11 @@ pinned by file. ``==`` equates ``1``, ``1.0`` and ``true``: such a respelling is
 The catalogue is as trustworthy as the upstream (it is the upstream's own description). It is bounded:
 at most ``MAX_TOOLS`` tools of at most ``MAX_PROPERTIES`` properties each, each held as the upstream listed
 it (so within ``upstream.max_list_bytes``); a tool listed again replaces its entry, and one never listed
-is not checked. Past ``MAX_TOOLS`` the tool listed longest ago is forgotten, its accepted digest kept (at
-most ``MAX_FORGOTTEN_PINS``) so that flooding the list cannot reset a pin.
+is not checked. Past ``MAX_TOOLS`` the tool listed longest ago is forgotten, its accepted digest and whether
+it changed kept (at most ``MAX_FORGOTTEN_PINS``) so that flooding the list can neither reset a pin nor
+clear a change. Past that bound too (one list of 60,000 tiny tools is 2 MB), the gateway can no longer
+tell a new tool from a forgotten one, so every tool it sees for the first time after that counts as
+changed (``forgot_pins``; fail closed).
 """
 
 from __future__ import annotations
@@ -143,6 +149,7 @@ HINTS = ("readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint")
 DEFINITION_PARTS = ("description", "inputSchema", "outputSchema", "annotations")
 UNREADABLE = "unreadable"  # the pin of a tool whose definition could not be compared: never matches
 MAX_FORGOTTEN_PINS = 50_000  # digests of tools evicted past MAX_TOOLS, kept so a flood cannot reset a pin
+FORGOTTEN = "forgotten"  # the pin of a tool first seen after accepted digests were dropped: never matches
 
 
 def learned_attributes(tool: Mapping[str, Any]) -> dict[str, Any]:
@@ -161,8 +168,19 @@ def learned_attributes(tool: Mapping[str, Any]) -> dict[str, Any]:
     return attrs
 
 
+_FOLDED_PARTS = {fold_key(part): part for part in DEFINITION_PARTS}
+
+
 def definition_of(tool: Mapping[str, Any]) -> dict[str, Any]:
-    return {part: tool[part] for part in DEFINITION_PARTS if part in tool}
+    """The members that make the definition, each spelling a lenient client could read as one of
+    ``DEFINITION_PARTS`` included: Go's ``encoding/json`` takes ``Description`` beside ``description`` for the
+    description (the later one wins), so adding one is a change like any other (I2's folding)."""
+    return {key: value for key, value in tool.items() if key in DEFINITION_PARTS or fold_key(key) in _FOLDED_PARTS}
+
+
+def _spellings(tool: Mapping[str, Any], part: str) -> dict[str, Any]:
+    folded = fold_key(part)
+    return {key: value for key, value in tool.items() if key == part or fold_key(key) == folded}
 
 
 def definition_digest(tool: Mapping[str, Any]) -> str:
@@ -180,7 +198,7 @@ class DefinitionChange:
     parts: tuple[str, ...]  # which of DEFINITION_PARTS differ from the previous listing
     digest: str  # the definition now listed
     accepted: str  # the accepted (pinned) one: from the pins file, else as first seen
-    changed: bool  # False: the tool is back to its accepted definition
+    changed: bool  # False: the listed definition was accepted (a pins file naming it)
 
 
 class _Entry:
@@ -207,13 +225,20 @@ class ToolCatalogue:
     """What the upstream's ``tools/list`` answers said of each tool, the latest answer per tool winning
     (a list page replaces the entries of the tools it lists; the others are kept)."""
 
-    def __init__(self, *, max_tools: int = MAX_TOOLS):
+    def __init__(self, *, max_tools: int = MAX_TOOLS, max_forgotten: int = MAX_FORGOTTEN_PINS):
         self._max = max_tools
+        self._max_forgotten = max_forgotten
+        # A2: set once an evicted tool's accepted digest had to be dropped (more tools than both bounds were
+        # listed): a tool seen "for the first time" may then be one whose pin was dropped, so from then on
+        # every first sight not pinned by file counts as changed (until accepted, or a restart).
+        self.forgot_pins = False
+        self._folded_names: dict[str, str] | None = None  # fold_key(name) -> name; rebuilt when names change
         self._tools: OrderedDict[str, _Entry] = OrderedDict()
         self._stamps = itertools.count(1)
         self.generation = 0  # +1 whenever a known tool's learned attributes change (list memos key on it)
         self.pins: Mapping[str, str] = {}  # A2: tool name -> accepted digest, from authorization.tool_pins
-        self._forgotten: OrderedDict[str, str] = OrderedDict()  # pins of evicted tools (bounded)
+        # Evicted tools: (accepted digest, changed). A changed one stays refused while forgotten (bounded).
+        self._forgotten: OrderedDict[str, tuple[str, bool]] = OrderedDict()
         self.changes_seen = 0  # A2: definition changes seen (a metric)
         self.deny_changed = False  # authorization.tool_changes: deny (only changes the log's wording)
 
@@ -230,6 +255,7 @@ class ToolCatalogue:
                 if entry is None:
                     # No generation step: nothing was decided with this tool's attributes before it was seen.
                     entries[name] = self._first_sight(name, tool, changes)
+                    self._folded_names = None
                     continue
                 entries.move_to_end(name)
                 if entry.listed == tool:  # the common case: listed again unchanged (see the module docstring)
@@ -240,31 +266,38 @@ class ToolCatalogue:
                 log.warning("tool %r: its definition cannot be compared (%s); treated as changed", name[:80], type(exc).__name__)
                 entries[name] = _Entry(tool, next(self._stamps), UNREADABLE, True)
                 self.generation += 1
+                self._folded_names = None  # (the name may be new)
         while len(entries) > self._max:
             self._forget(*entries.popitem(last=False))
+            self._folded_names = None
         return changes
 
     def _first_sight(self, name: str, tool: Mapping[str, Any], changes: list[DefinitionChange]) -> _Entry:
-        accepted = self.pins.get(name) or self._forgotten.pop(name, None)
+        pinned, was_changed = self._forgotten.pop(name, (None, False))
+        accepted = self.pins.get(name) or pinned
         if accepted is None:
-            return _Entry(tool, next(self._stamps))
+            # Not reported one by one: the flood that set forgot_pins may list thousands (one error said why).
+            return _Entry(tool, next(self._stamps), FORGOTTEN, True) if self.forgot_pins else _Entry(tool, next(self._stamps))
         digest = definition_digest(tool)
-        entry = _Entry(tool, next(self._stamps), accepted, digest != accepted)
-        if entry.changed:
+        entry = _Entry(tool, next(self._stamps), accepted, was_changed or digest != accepted)
+        if digest != accepted:
             self._report(DefinitionChange(name, (), digest, accepted, True), changes)
         return entry
 
     def _relisted(self, name: str, entry: _Entry, tool: Mapping[str, Any], changes: list[DefinitionChange]) -> None:
         old = entry.listed
-        parts = tuple(part for part in DEFINITION_PARTS if old.get(part) != tool.get(part))
+        parts = tuple(part for part in DEFINITION_PARTS if _spellings(old, part) != _spellings(tool, part))
         if parts:
             accepted = entry.pin or definition_digest(old)
             digest = definition_digest(tool)
-            if digest != definition_digest(old):  # (== also differs for NaN, which the digest keeps equal)
-                was_changed, entry.pin = entry.changed, accepted
-                entry.changed = digest != accepted
-                if entry.changed or was_changed:
-                    self._report(DefinitionChange(name, parts, digest, accepted, entry.changed), changes)
+            # (== also differs for NaN, which the digest keeps equal.) A changed tool stays changed when the
+            # accepted definition is listed again: only an operator accepts (set_pins) or a restart. Else an
+            # upstream that shows the new definition to one session and the old one to the next (or
+            # alternates) would have the changed one's calls pass while its clients hold the new one.
+            entry.pin = accepted
+            if digest != definition_digest(old) and digest != accepted:
+                entry.changed = True
+                self._report(DefinitionChange(name, parts, digest, accepted, True), changes)
         before = entry.learned()
         entry.listed, entry.facts, entry.attrs = tool, None, None
         if entry.learned() != before:
@@ -273,17 +306,23 @@ class ToolCatalogue:
 
     def _forget(self, name: str, entry: _Entry) -> None:
         try:
-            self._forgotten[name] = entry.pin or definition_digest(entry.listed)
+            self._forgotten[name] = (entry.pin or definition_digest(entry.listed), entry.changed)
         except (RecursionError, ValueError, TypeError):
-            self._forgotten[name] = UNREADABLE
-        while len(self._forgotten) > MAX_FORGOTTEN_PINS:
+            self._forgotten[name] = (UNREADABLE, True)
+        while len(self._forgotten) > self._max_forgotten:
             self._forgotten.popitem(last=False)
+            if not self.forgot_pins:
+                self.forgot_pins = True
+                log.error("the upstream listed more tools than the gateway remembers (%d listed, %d forgotten): "
+                          "accepted definitions were dropped, so every tool first seen from now on counts as "
+                          "changed until accepted (authorization.tool_pins) or a restart", self._max, self._max_forgotten,
+                          extra={"fields": {"reason": "tool_pins_forgotten"}})
 
     def _report(self, change: DefinitionChange, changes: list[DefinitionChange]) -> None:
         changes.append(change)
         name = change.tool[:80]
         if not change.changed:
-            log.warning("tool %r is listed with its accepted definition again (%s)", name, change.digest,
+            log.warning("tool %r: its listed definition is accepted now (%s)", name, change.digest,
                         extra={"fields": {"tool": name, "digest": change.digest}})
             return
         self.changes_seen += 1
@@ -299,14 +338,17 @@ class ToolCatalogue:
                                       "accepted_digest": change.accepted}})
 
     def set_pins(self, pins: Mapping[str, str]) -> list[DefinitionChange]:
-        """A2: a new pins file. Tools it names are judged against it now; the others keep their state."""
-        self.pins = pins
+        """A2: a new pins file. Tools it names with a new digest are judged against it now (that is what
+        accepts a change); the others keep their state: accepting one tool accepts no other."""
+        before, self.pins = self.pins, pins
         changes: list[DefinitionChange] = []
         for name, accepted in pins.items():
+            if before.get(name) == accepted:
+                continue
             entry = self._tools.get(name)
             if entry is None:
-                if name in self._forgotten:
-                    self._forgotten[name] = accepted
+                if name in self._forgotten:  # judged against the new pin when listed again
+                    self._forgotten[name] = (accepted, False)
                 continue
             try:
                 digest = definition_digest(entry.listed)
@@ -318,9 +360,13 @@ class ToolCatalogue:
         return changes
 
     def is_changed(self, tool: str) -> bool:
-        """A2: whether the tool is listed with another definition than the accepted one."""
+        """A2: whether the tool was listed with another definition than the accepted one since it was last
+        accepted (also while evicted: a flood of other tools must not clear it)."""
         entry = self._tools.get(tool)
-        return entry is not None and entry.changed
+        if entry is not None:
+            return entry.changed
+        forgotten = self._forgotten.get(tool)
+        return forgotten is not None and forgotten[1]
 
     def attributes(self, tool: str) -> dict[str, Any] | None:
         """A1: the learned attributes of a listed tool (do not change them), None for one never listed."""
@@ -344,10 +390,25 @@ class ToolCatalogue:
             entry.facts = facts_of(tool, entry.listed.get("inputSchema"))
         return entry.facts
 
+    def listed_spelling(self, tool: str) -> str | None:
+        """I2 for tool names: the listed tool that ``tool`` (listed itself or not) folds equal to, if any.
+        Made on the first call of an unlisted name after the names changed (O(tools) then, O(1) after)."""
+        if self._folded_names is None:
+            self._folded_names = {fold_key(name): name for name in self._tools}
+        return self._folded_names.get(fold_key(tool))
+
     def check_call(self, tool: str, arguments: Mapping[str, Any], request_headers: Mapping[str, str]) -> None:
-        """I2 and M2 for one ``tools/call``; raises ``MalformedMessage``."""
+        """I2 and M2 for one ``tools/call``; raises ``MalformedMessage``.
+
+        A name that is not listed but folds equal to a listed one (``Delete_Records`` for
+        ``delete_records``) is refused: servers that find tools case-insensitively (a .NET
+        ``OrdinalIgnoreCase`` registry) run the listed tool, while policies, pins (A2), annotations (A1) and
+        step-up rules (A6) would judge a tool nobody listed."""
         facts = self.facts(tool)
         if facts is None:
+            spelled = self.listed_spelling(tool) if self._tools else None
+            if spelled is not None:
+                raise MalformedMessage("member_spelling", f"tool name {tool[:60]!r}: the upstream lists {spelled[:60]!r}")
             return
         for key in arguments:
             if facts.spellings.get(key) == key:

@@ -137,7 +137,7 @@ class ListFilter:
         *,
         strict: bool = False,
         scope: Callable[[], bytes] | None = None,
-        memo: MutableMapping[tuple[bytes, bytes], bytes | None] | None = None,
+        memo: MutableMapping[tuple[bytes, bytes, bool], bytes | None] | None = None,
         observe_tools: Callable[[list[Any]], None] | None = None,
     ):
         """``observe_tools`` sees every ``tools`` list read, unfiltered (the tool catalogue learns from it)."""
@@ -180,7 +180,9 @@ class ListFilter:
         scope = self._memo_scope()
         if scope is None:
             return compute(raw)
-        key = (scope, hashlib.sha256(raw).digest())
+        # A1, A2: an answer filtered without the catalogue learning from it (a batch, a GET stream) must not
+        # be served from the memo to a tools/list that would learn from it: the catalogue would never see it.
+        key = (scope, hashlib.sha256(raw).digest(), self._observe_tools is not None)
         found = self._memo.get(key, _MISSING)  # one look-up: an entry may expire between two
         if found is not _MISSING:
             return found

@@ -42,6 +42,11 @@ def _members(obj: dict[str, Any], name: str) -> list[str]:
     return [key for key in obj if fold(key) == name]
 
 
+def _is_update(message: Any) -> bool:
+    return isinstance(message, dict) and any(
+        isinstance(message[key], str) and fold(message[key]) == UPDATED for key in _members(message, "method"))
+
+
 class UpdateFilter:
     """``may_read(uri)``: the caller's ``resources/read`` decision on ``Resource::"<uri>"``."""
 
@@ -54,9 +59,9 @@ class UpdateFilter:
     def passes(self, message: Any) -> bool:
         if not isinstance(message, dict):
             return True
-        methods = _members(message, "method")
-        if not any(isinstance(message[key], str) and fold(message[key]) == UPDATED for key in methods):
+        if not _is_update(message):
             return True
+        methods = _members(message, "method")
         params = message.get("params")
         uri = params.get("uri") if isinstance(params, dict) else None
         if (methods != ["method"] or _members(message, "params") != ["params"] or not isinstance(uri, str)
@@ -66,15 +71,20 @@ class UpdateFilter:
         return self._may_read(uri)
 
     def _filter(self, document: Any) -> Any:
-        """The document without the updates the caller may not see; None when nothing is left."""
+        """The document without the updates the caller may not see; None when nothing is left. The same
+        object only when it holds no update at all: one that passes is written back as read, so that a
+        duplicate key (``"uri": "demo://secret", "uri": "demo://open"``, read last-wins here) cannot show
+        a first-wins client another URI than the one decided on."""
         if isinstance(document, list):
             kept = [message for message in document if self.passes(message)]
             self.dropped += len(document) - len(kept)
-            return kept if kept else None
-        if self.passes(document):
-            return document
-        self.dropped += 1
-        return None
+            if not kept:
+                return None
+            return list(kept) if any(map(_is_update, kept)) else document
+        if not self.passes(document):
+            self.dropped += 1
+            return None
+        return dict(document) if _is_update(document) else document
 
     def filter_event(self, raw: bytes) -> bytes | None:
         if not self.strict and _MAY_MENTION.search(raw) is None:
