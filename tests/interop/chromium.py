@@ -9,8 +9,11 @@ Only aiohttp's WebSocket client: no Puppeteer or Playwright to install.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -34,14 +37,16 @@ class ChromiumPage:
         self._ids = itertools.count(1)
 
     async def __aenter__(self) -> ChromiumPage:
-        self._profile = tempfile.TemporaryDirectory(prefix="chromium-")
+        self._profile = tempfile.TemporaryDirectory(prefix="chromium-", ignore_cleanup_errors=True)
         port = free_port()
-        self._process = await asyncio.create_subprocess_exec(
-            chromium_binary(), "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-            "--disable-extensions", "--disable-background-networking", "--disable-sync", "--disable-component-update",
-            f"--remote-debugging-port={port}", "--remote-debugging-address=127.0.0.1",
-            f"--user-data-dir={self._profile.name}", "about:blank",
-            stdout=asyncio.subprocess.DEVNULL, stderr=(Path(self._profile.name) / "chromium.log").open("w"))
+        with (Path(self._profile.name) / "chromium.log").open("w") as log:
+            # Its own process group: Chromium's helper processes (renderer, network, crashpad) go with it.
+            self._process = await asyncio.create_subprocess_exec(
+                chromium_binary(), "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                "--disable-extensions", "--disable-background-networking", "--disable-sync", "--disable-component-update",
+                f"--remote-debugging-port={port}", "--remote-debugging-address=127.0.0.1",
+                f"--user-data-dir={self._profile.name}", "about:blank",
+                stdout=asyncio.subprocess.DEVNULL, stderr=log, start_new_session=True)
         self._http = aiohttp.ClientSession()
         try:
             targets = await self._targets(port)
@@ -65,8 +70,19 @@ class ChromiumPage:
         if getattr(self, "_ws", None) is not None:
             await self._ws.close()
         await self._http.close()
-        self._process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._process.pid, signal.SIGKILL)  # the whole group, not only the browser process
         await self._process.wait()
+        # A helper that outlived the browser by a moment may still be writing the profile: remove it again
+        # until it stays removed (a stop, not a test failure: the profile is a scratch directory).
+        for _ in range(50):
+            try:
+                shutil.rmtree(self._profile.name)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
         self._profile.cleanup()
 
     async def call(self, method: str, **params: Any) -> dict:

@@ -15,9 +15,11 @@ same policies; the authorization server issues JWTs for whatever resource a clie
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -175,11 +177,13 @@ async def open_in_chromium(url: str, results: asyncio.Queue, profile: Path, seco
     browser = await asyncio.create_subprocess_exec(
         chromium_binary(), "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
         "--disable-background-networking", "--disable-sync", "--disable-component-update", f"--user-data-dir={profile}",
-        url, stdout=asyncio.subprocess.DEVNULL, stderr=(profile.parent / "chromium.log").open("w"))
+        url, stdout=asyncio.subprocess.DEVNULL, stderr=(profile.parent / "chromium.log").open("w"),
+        start_new_session=True)  # its own process group: the helper processes are stopped with it
     try:
         return await asyncio.wait_for(results.get(), seconds)
     finally:
-        browser.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(browser.pid, signal.SIGKILL)
         await browser.wait()
 
 
