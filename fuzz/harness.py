@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 with atheris.instrument_imports(include=["gateway"]):
+    import tests.test_dpop_properties as sender_properties
     import tests.test_properties as properties
 
 logging.disable(logging.CRITICAL)  # the filter's warnings are not findings, and printing them is slow
@@ -99,8 +100,21 @@ def config(data: bytes) -> None:
     properties.check_load_config(data, _CONFIG_DIR, step_over_known=STEP_OVER_KNOWN)
 
 
+def dpop(data: bytes) -> None:
+    """S1: each line one ``DPoP`` header value (the first the proof); an odd length asks with GET."""
+    values = data.decode("utf-8", "surrogateescape").split("\n")[:4]
+    sender_properties.check_proof_values(values, "GET" if len(data) % 2 else "POST")
+
+
+def xfcc(data: bytes) -> None:
+    """S3: each line one ``X-Forwarded-Client-Cert`` value, from a trusted peer, for a certificate-bound token."""
+    values = [line.removesuffix("\r") for line in data.decode("utf-8", "surrogateescape").split("\n")[:3]]
+    sender_properties.check_sender({"x5t#S256": "a" * 43}, "bearer", values, "127.0.0.1")
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "bearer": bearer, "jwt": jwt, "jsonrpc": jsonrpc, "sse": sse, "listing": listing, "headers": headers, "config": config,
+    "dpop": dpop, "xfcc": xfcc,
 }
 
 

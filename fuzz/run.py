@@ -20,7 +20,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 HARNESS = HERE / "harness.py"
-TARGETS = ("bearer", "jwt", "jsonrpc", "sse", "listing", "headers", "config")
+TARGETS = ("bearer", "jwt", "jsonrpc", "sse", "listing", "headers", "config", "dpop", "xfcc")
 DICTIONARIES = {"jsonrpc": "json.dict", "listing": "json.dict", "sse": "sse.dict", "config": "yaml.dict"}
 
 

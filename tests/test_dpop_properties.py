@@ -55,7 +55,11 @@ def compact(header: dict, claims: dict, signature: str) -> str:
 @given(header=header_members, claims=claim_members, signature=st.sampled_from(["", "c2ln", "c2ln=", "+"]),
        extra=st.lists(st.text(max_size=30), max_size=2), method=st.sampled_from(["POST", "GET", "post"]))
 def test_r5_proof_checker_refuses_or_reads_never_raises(header, claims, signature, extra, method):
-    values = [compact(header, claims, signature), *extra]
+    check_proof_values([compact(header, claims, signature), *extra], method)
+
+
+def check_proof_values(values: list[str], method: str) -> None:
+    """R5, S1: DPoP header values are refused with a GatewayError or read; nothing else (also fuzz/harness.py)."""
     try:
         proof = read_proof(values, method=method, token="t.o.k", rules=RULES, now=time.time())
     except GatewayError:
@@ -74,6 +78,11 @@ def test_r5_proof_checker_refuses_or_reads_never_raises(header, claims, signatur
 @example(cnf={"jkt": "\ud800"}, scheme="dpop", xfcc=[], peer=None)
 @example(cnf={"x5t#S256": "\ud800"}, scheme="bearer", xfcc=['Hash=' + "a" * 64], peer="127.0.0.1")
 def test_r5_sender_checks_refuse_or_pass_never_raise(cnf, scheme, xfcc, peer):
+    check_sender(cnf, scheme, xfcc, peer)
+
+
+def check_sender(cnf: object, scheme: str, xfcc: list[str], peer: str | None) -> None:
+    """R5, S1, S3: the cnf checks and X-Forwarded-Client-Cert refuse or pass, never raise (also fuzzed)."""
     senders = SenderConstraints(DpopConfig(), RESOURCE, replay=MemoryReplayWindow(10),
                                 certificates=ClientCertificates(parse_networks(["127.0.0.1/32"])))
     principal = principal_from_claims({"sub": "a", "iss": "i", "cnf": cnf}, token_type="jwt")
