@@ -99,7 +99,7 @@ async def test_a6_missing_or_old_auth_time_gets_the_max_age_challenge(gateway, u
                            ({"acr": "mfa", "auth_time": "yesterday"}, "step_up_auth_time_invalid"),
                            ({"acr": "mfa", "auth_time": 10**30}, "step_up_auth_time_invalid"),
                            ({"acr": "mfa", "auth_time": int(time.time()) + 3600}, "step_up_auth_time_in_future"),
-                           ({"acr": ["mfa"], "auth_time": int(time.time())}, "step_up_acr_missing")):
+                           ({"acr": ["mfa"], "auth_time": int(time.time())}, "step_up_acr_invalid")):
         status, headers, _ = await post(gateway, issuer.mint(**claims), call("delete_records"))
         assert status == 401, claims
         params = challenge_params(headers["WWW-Authenticate"])

@@ -107,8 +107,10 @@ class StepUpRules:
         claims = principal.claims
         if needed.acr_values is not None:
             acr = claims.get("acr")
-            if not isinstance(acr, str) or not acr:
+            if acr is None or acr == "":
                 return "step_up_acr_missing", "the token has no acr claim"
+            if not isinstance(acr, str):  # a list or a number: RFC 9470 and OIDC make acr one string
+                return "step_up_acr_invalid", f"the token's acr is a {type(acr).__name__}, not a string"
             if acr not in needed.acr_values:
                 return "step_up_acr_not_accepted", f"acr {acr[:64]!r} is not one of {' '.join(needed.acr_values)}"
         if needed.max_age is not None:
