@@ -2,7 +2,7 @@
 
 ``Forwarder.forward`` runs last, once every check of the pipeline (gateway.endpoint) has passed.
 
-What the upstream gets (``Forwarder.forward`` and ``Forwarder._gateway_headers``):
+What the upstream gets (``Forwarder.forward``, ``Forwarder._gateway_headers``):
     the client's headers minus the hop-by-hop ones, those that claim identity or routing and
     ``upstream.strip_headers`` (U1, I5), plus the gateway's own: ``X-Request-Id``, the upstream's session
     id unwrapped from the client's (P4), the upstream's task id in ``Mcp-Name`` (M4), the identity headers
@@ -108,7 +108,8 @@ class Forwarder:
             if request.method == "DELETE" and client_session and 200 <= status < 300:
                 self.sessions.forget(client_session)
 
-        added = await self._gateway_headers(request, state)
+        added = self._gateway_headers(request, state)
+        added.update(await self.credential.headers(state.token, state.token_hash))  # U2
         # O2: tracing off, the client's trace context, parsed and re-serialized, or none; tracing on, the
         # upstream continues the gateway's span. In the header, and in _meta where the client used it.
         if state.trace is None:
@@ -154,8 +155,9 @@ class Forwarder:
             decide_ahead=list_filter.decide_ahead if list_filter else None,  # R4
         )
 
-    async def _gateway_headers(self, request: web.Request, state: RequestState) -> dict[str, str]:
-        """The headers the gateway itself sets for the upstream, but for the trace context (O2)."""
+    def _gateway_headers(self, request: web.Request, state: RequestState) -> dict[str, str]:
+        """The headers the gateway itself sets for the upstream, but for its credential (U2) and the trace
+        context (O2). Not a coroutine: one less object per request (P1)."""
         added = {"X-Request-Id": state.request_id}
         if state.upstream_session is not None:
             added["Mcp-Session-Id"] = state.upstream_session  # P4
@@ -166,7 +168,6 @@ class Forwarder:
         if state.principal is not None:
             for source in self.identity:  # U3
                 added.update(source.headers(state.principal))
-        added.update(await self.credential.headers(state.token, state.token_hash))  # U2
         return added
 
     def _list_filter(self, principal: Principal, state: RequestState, lists_asked: bool) -> ListFilter:
