@@ -288,7 +288,7 @@ class InProcess:
 
 def cold_list_costs(parts: InProcess, runs: dict[int, int]) -> tuple[dict[int, list[float]], dict[int, list[float]]]:
     """CPU and wall ms for a fresh Authorizer (empty caches) to filter a tools/list of N tools for a principal
-    it has not seen, built the way the endpoint builds its list filter (gateway/endpoint.py). CPU is this
+    it has not seen, built the way the endpoint builds its list filter (gateway/forwarding.py). CPU is this
     process's (every thread), so other work on the machine inflates the wall time but hardly the CPU."""
     from gateway.authz.cedar import Authorizer, PolicyStore
     from gateway.mcp.listing import ListFilter

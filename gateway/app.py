@@ -36,8 +36,11 @@ from gateway.edge.health import Readiness, healthz, readyz_handler
 from gateway.edge.responses import error_response
 from gateway.endpoint import REQUEST_ID, McpEndpoint, log_refusal
 from gateway.errors import GatewayError, NotFound
+from gateway.exchange import Observers
+from gateway.forwarding import Forwarder
 from gateway.limits import PrincipalLimiter
 from gateway.mcp.sessions import SessionBindings, load_session_key
+from gateway.mcp.tasks import PURPOSE as TASK_PURPOSE, TaskBindings
 from gateway.observe.audit import AuditLog
 from gateway.observe.logs import flush_logs, log_access
 from gateway.observe.metrics import Metrics, StateCollector, metrics_handler
@@ -164,22 +167,25 @@ class Gateway:
                                          config.auth.introspection.private_key if config.auth.introspection else None) if k]
         self.limiter = PrincipalLimiter(config.limits.per_principal)
         self.tracing = Tracing(config.tracing) if config.tracing.enabled else None  # O2
+        sessions = SessionBindings(session_key)
+        tasks = TaskBindings(sessions.sibling(TASK_PURPOSE))  # M4: the session key, another purpose
+        # The MCP endpoint: the admission stages in order (gateway.endpoint), then the upstream and the
+        # answer (gateway.forwarding).
+        forwarder = Forwarder(config, proxy=self.proxy, credential=self.credential, identity=identity,
+                              sessions=sessions, tasks=tasks, authorizer=self.authorizer, audit=self.audit)
         self.endpoint = McpEndpoint(
             config,
-            proxy=self.proxy,
-            authenticator=self.authenticator,
-            scopes=ScopeRequirements(config.auth),
-            sessions=SessionBindings(session_key),
+            origins=OriginPolicy(config.server.allowed_origins),
             challenges=Challenges(config.server.public_url, config.auth.required_scopes,
                                   dpop_algorithms=config.auth.dpop.algorithms, dpop_required=config.auth.dpop.required),
-            origins=OriginPolicy(config.server.allowed_origins),
-            authorizer=self.authorizer,
-            audit=self.audit,
-            credential=self.credential,
-            identity=identity,
-            metrics=self.metrics,
+            authenticator=self.authenticator,
             limiter=self.limiter,
-            tracing=self.tracing,
+            scopes=ScopeRequirements(config.auth),
+            authorizer=self.authorizer,
+            sessions=sessions,
+            tasks=tasks,
+            forwarder=forwarder,
+            observers=Observers(self.audit, self.metrics, self.tracing),
         )
         self.metrics.collect_state(StateCollector(jwks=self.jwks, introspector=self.introspector, policies=self.policies,
                                                   authorizer=self.authorizer))

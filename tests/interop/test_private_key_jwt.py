@@ -151,7 +151,7 @@ async def test_O6_jwks_publishes_the_public_keys_only(served_gateway, tmp_path):
     for jwk in keys:
         assert not set(PRIVATE_MEMBERS) & set(jwk), jwk
     # The identity assertion names its key by kid, and verifies with the published key.
-    [assertion_source] = [i for i in gateway.endpoint.identity]
+    [assertion_source] = [i for i in gateway.endpoint.forwarder.identity]
     from gateway.auth.principal import Principal
 
     assertion = assertion_source.sign(Principal(issuer="https://idp", subject="alice", entity_id="alice", client_id="c", scopes=frozenset({"mcp"})))
